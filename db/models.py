@@ -1,0 +1,322 @@
+"""The schema. Alembic migrations in db/migrations are the only way it changes in a database;
+tests/test_migrations.py checks that upgrading an empty SQLite and Postgres database gives exactly
+these tables.
+
+Vocabulary columns are short strings with CHECK constraints rather than native enums: adding a
+value is then a one-line migration on both SQLite and Postgres.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Stable constraint names, so migrations can drop/alter them on SQLite (batch mode) and Postgres.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+ROLES = ("annotator", "reviewer", "admin")
+SPLITS = ("train", "val")
+POLICY_STATUSES = ("candidate", "active", "retired", "rejected")
+ITEM_KINDS = ("pair", "single")
+LABEL_KINDS = ("pairwise", "binary", "score")
+LABEL_SOURCES = ("human", "judge", "grader")
+PAIRWISE_CHOICES = ("a", "b", "tie", "both_bad")
+STRENGTHS = ("slight", "much")
+THUMB_VALUES = ("up", "down")
+SHOWN_ORDERS = ("ab", "ba")
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint(_in("role", ROLES), name="role"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    # argon2id hash; never leaves the service layer (see feedback/users.py).
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Prompt(Base):
+    __tablename__ = "prompts"
+    __table_args__ = (CheckConstraint(_in("split", SPLITS), name="split"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # `text` is what people read and search: the prompt string, or the last user turn of a chat.
+    text: Mapped[str] = mapped_column(Text)
+    # The chat sent to the model; a plain prompt is stored as one user message.
+    messages: Mapped[list[dict[str, str]]] = mapped_column(JSONType)
+    reference: Mapped[str | None] = mapped_column(Text)
+    split: Mapped[str] = mapped_column(String(8), default="train", index=True)
+    tags: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    source: Mapped[str] = mapped_column(String(255), default="")
+    # sha256 of the canonical messages JSON: the same prompt imported twice is stored once.
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    """A long task (sampling, judging, training) run by a detached worker; pages only poll it."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (CheckConstraint(_in("status", JOB_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int | None] = mapped_column(Integer)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    error: Mapped[str | None] = mapped_column(Text)
+    log_tail: Mapped[str] = mapped_column(Text, default="")
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Snapshot(Base):
+    """An immutable, content-hashed set of labels that a training round trains on."""
+
+    __tablename__ = "snapshots"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    filters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    n_labels: Mapped[int] = mapped_column(Integer)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PolicyVersion(Base):
+    """One deployable policy, with the lineage that made it."""
+
+    __tablename__ = "policy_versions"
+    __table_args__ = (
+        CheckConstraint(_in("status", POLICY_STATUSES), name="status"),
+        # At most one active policy: enforced by the database, not by whoever promotes.
+        Index(
+            "uq_policy_versions_one_active",
+            "status",
+            unique=True,
+            sqlite_where=text("status = 'active'"),
+            postgresql_where=text("status = 'active'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    base_model: Mapped[str] = mapped_column(String(255))
+    # Local full-model directory (None: use the base model as is).
+    model_path: Mapped[str | None] = mapped_column(String(1024))
+    # LoRA adapter directory on top of the base model (None for a full model).
+    adapter_path: Mapped[str | None] = mapped_column(String(1024))
+    # Name under which an OpenAI-compatible server (vLLM) serves it (an adapter's lora_name).
+    served_name: Mapped[str | None] = mapped_column(String(255))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("policy_versions.id"))
+    # The training round that made it: its job, the snapshot it trained on, stage, config, metrics.
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    snapshot_id: Mapped[int | None] = mapped_column(ForeignKey("snapshots.id"))
+    stage: Mapped[str | None] = mapped_column(String(32))
+    train_config: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    status: Mapped[str] = mapped_column(String(16), default="candidate")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    parent: Mapped[PolicyVersion | None] = relationship(remote_side=[id])
+
+
+class Response(Base):
+    """One sampled answer, with everything needed to say how it was made."""
+
+    __tablename__ = "responses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
+    policy_version_id: Mapped[int] = mapped_column(ForeignKey("policy_versions.id"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    # temperature, top_p, max_new_tokens, n, backend, served model ...
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    seed: Mapped[int | None] = mapped_column(Integer)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    # Wall time of the generate call (or HTTP request) that produced it, in milliseconds.
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    prompt: Mapped[Prompt] = relationship()
+    policy_version: Mapped[PolicyVersion] = relationship()
+
+
+class Item(Base):
+    """Something to label: a pair of two responses to one prompt, or a single response."""
+
+    __tablename__ = "items"
+    __table_args__ = (
+        CheckConstraint(_in("kind", ITEM_KINDS), name="kind"),
+        CheckConstraint(
+            "(kind = 'pair' AND response_b_id IS NOT NULL AND response_b_id <> response_a_id)"
+            " OR (kind = 'single' AND response_b_id IS NULL)",
+            name="shape",
+        ),
+        Index(
+            "uq_items_pair",
+            "response_a_id",
+            "response_b_id",
+            unique=True,
+            sqlite_where=text("kind = 'pair'"),
+            postgresql_where=text("kind = 'pair'"),
+        ),
+        Index(
+            "uq_items_single",
+            "response_a_id",
+            unique=True,
+            sqlite_where=text("kind = 'single'"),
+            postgresql_where=text("kind = 'single'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), index=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
+    response_a_id: Mapped[int] = mapped_column(ForeignKey("responses.id"))
+    response_b_id: Mapped[int | None] = mapped_column(ForeignKey("responses.id"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    prompt: Mapped[Prompt] = relationship()
+    response_a: Mapped[Response] = relationship(foreign_keys=[response_a_id])
+    response_b: Mapped[Response | None] = relationship(foreign_keys=[response_b_id])
+
+
+class Constitution(Base):
+    """A named, versioned set of principles for the AI judge; editing makes a new version."""
+
+    __tablename__ = "constitutions"
+    __table_args__ = (UniqueConstraint("name", "version"), UniqueConstraint("name", "content_hash"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    principles: Mapped[list[str]] = mapped_column(JSONType)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Label(Base):
+    """An append-only fact: who or what said what about an item, under which conditions.
+
+    For pairs, `choice` refers to the item's own response_a / response_b, whatever order the
+    annotator saw; `shown_order` records that order ('ba': response_b was shown on the left).
+    """
+
+    __tablename__ = "labels"
+    __table_args__ = (
+        CheckConstraint(_in("kind", LABEL_KINDS), name="kind"),
+        CheckConstraint(_in("source", LABEL_SOURCES), name="source"),
+        CheckConstraint(f"choice IS NULL OR {_in('choice', PAIRWISE_CHOICES)}", name="choice"),
+        CheckConstraint(f"strength IS NULL OR {_in('strength', STRENGTHS)}", name="strength"),
+        CheckConstraint(f"thumb IS NULL OR {_in('thumb', THUMB_VALUES)}", name="thumb"),
+        CheckConstraint(f"shown_order IS NULL OR {_in('shown_order', SHOWN_ORDERS)}", name="shown_order"),
+        CheckConstraint("score IS NULL OR (score >= 0 AND score <= 1)", name="score_range"),
+        CheckConstraint(
+            "(kind = 'pairwise' AND choice IS NOT NULL)"
+            " OR (kind = 'binary' AND thumb IS NOT NULL)"
+            " OR (kind = 'score' AND score IS NOT NULL)",
+            name="value",
+        ),
+        CheckConstraint("source <> 'human' OR user_id IS NOT NULL", name="human_has_user"),
+        # One label per annotator per item: a double click cannot write two.
+        UniqueConstraint("item_id", "user_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    choice: Mapped[str | None] = mapped_column(String(8))
+    strength: Mapped[str | None] = mapped_column(String(8))
+    thumb: Mapped[str | None] = mapped_column(String(4))  # binary labels: up or down
+    score: Mapped[float | None] = mapped_column(Float)
+    rationale: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(8), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    # For judge/grader labels: e.g. "anthropic:claude-sonnet-4-5" or "grader:numeric".
+    producer: Mapped[str | None] = mapped_column(String(255))
+    constitution_id: Mapped[int | None] = mapped_column(ForeignKey("constitutions.id"))
+    # Raw outputs, template version, tokens, cost ... for AI labels.
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    shown_order: Mapped[str | None] = mapped_column(String(2))
+    # Client-generated id: a resubmission of the same id is recognised and writes nothing.
+    submission_id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+    item: Mapped[Item] = relationship()
+
+
+class SnapshotLabel(Base):
+    __tablename__ = "snapshot_labels"
+
+    snapshot_id: Mapped[int] = mapped_column(ForeignKey("snapshots.id"), primary_key=True)
+    label_id: Mapped[int] = mapped_column(ForeignKey("labels.id"), primary_key=True)
+
+
+class AuditLog(Base):
+    """Who changed what, for every mutating action in the service layer."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    # "cli", "app:alice", "worker:job-12" ...
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(128))
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)

@@ -1,0 +1,287 @@
+"""`python -m feedback ...`: the headless way to do everything the app does.
+
+Each command is a thin shell over the same service functions the pages call. A user mistake
+ends with a one-line message and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from feedback.errors import UserError
+
+
+def _engine():
+    from db.engine import engine_for
+    from feedback.settings import get_settings
+
+    return engine_for(get_settings().database_url)
+
+
+def _read_password_stdin() -> str:
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise UserError("No password on standard input.")
+    return password
+
+
+def cmd_db_upgrade(args) -> None:
+    from db.migrate import upgrade
+    from feedback.settings import get_settings
+
+    upgrade(get_settings().database_url)
+    print("database is at the latest schema")
+
+
+def cmd_model_prepare(args) -> None:
+    from feedback.model_cache import prepare_default_model
+
+    print(f"default model ready in {prepare_default_model(force=args.force)}")
+
+
+def cmd_setup(args) -> None:
+    """Everything `make run` needs before starting the app; safe to run again."""
+    from db.engine import session_scope
+    from db.migrate import upgrade
+    from feedback.demo import ADMIN_USERNAME, seed_demo
+    from feedback.settings import get_settings
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    if settings.policy_backend == "local":
+        from feedback.model_cache import prepare_default_model
+
+        print(f"default model ready in {prepare_default_model()}")
+    with session_scope(_engine()) as session:
+        result = seed_demo(session=session, with_prompts=args.demo)
+    if args.demo:
+        print(f"demo prompts: {result.prompts_inserted} new")
+    if result.admin_password:
+        print("\n  Admin account created (the password is shown only this once):")
+        print(f"    username: {ADMIN_USERNAME}\n    password: {result.admin_password}\n")
+    else:
+        print(f"admin account exists (reset with: python -m feedback users reset-password {ADMIN_USERNAME})")
+
+
+def cmd_users_add(args) -> None:
+    from db.engine import session_scope
+    from feedback.users import create_user, generate_password
+
+    password = _read_password_stdin() if args.password_stdin else generate_password()
+    with session_scope(_engine()) as session:
+        create_user(session=session, username=args.name, role=args.role, password=password)
+    print(f"created {args.role} {args.name!r}")
+    if not args.password_stdin:
+        print(f"password (shown once): {password}")
+
+
+def cmd_users_reset_password(args) -> None:
+    from db.engine import session_scope
+    from feedback.users import generate_password, set_password
+
+    password = _read_password_stdin() if args.password_stdin else generate_password()
+    with session_scope(_engine()) as session:
+        set_password(session=session, username=args.name, password=password)
+    print(f"password of {args.name!r} changed")
+    if not args.password_stdin:
+        print(f"new password (shown once): {password}")
+
+
+def cmd_prompts_import(args) -> None:
+    from db.engine import session_scope
+    from feedback import audit
+    from feedback.prompts import import_prompts
+
+    path = Path(args.path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or directory.")
+    with session_scope(_engine()) as session:
+        report = import_prompts(session=session, path=path, source=args.source,
+                                on_error="skip" if args.skip_invalid else "abort", val_fraction=args.val_fraction)
+        if report.committed:
+            audit.record(session=session, actor="cli", action="prompts.import", target=str(path),
+                         details={"inserted": report.inserted, "duplicates": report.duplicates,
+                                  "errors": len(report.errors)})
+    for error in report.errors[:50]:
+        print(f"  {error.where}: {error.reason}", file=sys.stderr)
+    if len(report.errors) > 50:
+        print(f"  ... and {len(report.errors) - 50} more", file=sys.stderr)
+    print(report.summary())
+    if report.errors and not report.committed:
+        raise UserError("nothing was imported (fix the rows above, or pass --skip-invalid to import the valid ones)")
+
+
+def cmd_sample(args) -> None:
+    from dataclasses import asdict
+
+    from tqdm import tqdm
+
+    from db.engine import session_scope
+    from feedback import jobs
+    from feedback.sampling import SamplingConfig
+    from feedback.settings import get_settings
+
+    config = SamplingConfig(
+        limit=args.limit, n_per_prompt=args.n_per_prompt, policy_version=args.policy_version,
+        versus_version=args.versus, temperature=args.temperature, top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens, seed=args.seed, split=args.split, tags=args.tag or [],
+        items=args.items,
+    )
+    engine = _engine()
+    with session_scope(engine) as session:
+        job = jobs.create_job(session=session, kind="sample", config=asdict(config))
+    if args.detach:
+        pid = jobs.start_detached(job=job, database_url=get_settings().database_url)
+        print(f"job {job.id} started in the background (pid {pid}); follow it with: python -m feedback jobs list")
+        return
+    bar = tqdm(total=None, unit="prompt", desc=f"sampling (job {job.id})")
+
+    def listener(done: int, total: int | None) -> None:
+        if total is not None:
+            bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        job = jobs.run_job(engine=engine, job_id=job.id, listener=listener)
+    finally:
+        bar.close()
+    if job.status != "succeeded":
+        raise UserError(f"job {job.id} {job.status}: {job.error or ''}".strip())
+    r = job.result
+    print(f"job {job.id}: {r['prompts']} prompts, {r['responses']} responses, {r['pairs']} pairs, "
+          f"{r['singles']} singles ({r['prompts_without_pair']} prompts gave no distinct pair)")
+
+
+def cmd_export(args) -> None:
+    from db.engine import session_scope
+    from feedback.export import export_rows, write_rows
+
+    with session_scope(_engine(), read_only=True) as session:
+        rows = export_rows(session=session, fmt=args.format, sources=args.source or ("human", "judge", "grader"))
+    if not rows:
+        raise UserError(f"No labels to export as {args.format} yet (label some items first).")
+    write_rows(rows, Path(args.out))
+    print(f"wrote {len(rows)} {args.format} rows to {args.out}")
+
+
+def cmd_jobs_list(args) -> None:
+    from db.engine import session_scope
+    from feedback.jobs import list_jobs
+
+    with session_scope(_engine()) as session:
+        rows = list_jobs(session=session, limit=args.limit)
+        print(f"{'id':>5}  {'kind':<8} {'status':<11} {'progress':<10} created")
+        for job in rows:
+            progress = f"{job.progress_done}/{job.progress_total}" if job.progress_total else str(job.progress_done)
+            print(f"{job.id:>5}  {job.kind:<8} {job.status:<11} {progress:<10} {job.created_at:%Y-%m-%d %H:%M:%S}")
+
+
+def cmd_jobs_cancel(args) -> None:
+    from db.engine import session_scope
+    from feedback.jobs import request_cancel
+
+    with session_scope(_engine()) as session:
+        changed = request_cancel(session=session, job_id=args.id)
+    print(f"job {args.id}: {'cancel requested' if changed else 'already finished'}")
+
+
+def cmd_jobs_work(args) -> None:
+    from feedback.jobs import run_job
+
+    job = run_job(engine=_engine(), job_id=args.id)
+    print(f"job {job.id} {job.status}")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m feedback", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="apply all migrations").set_defaults(func=cmd_db_upgrade)
+
+    model = sub.add_parser("model", help="the default local model").add_subparsers(dest="model_command", required=True)
+    p = model.add_parser("prepare", help="convert the shipped GGUF to a safetensors directory")
+    p.add_argument("--force", action="store_true", help="convert again even if already done")
+    p.set_defaults(func=cmd_model_prepare)
+
+    p = sub.add_parser("setup", help="migrate, prepare the model, create v0 and the admin (idempotent)")
+    p.add_argument("--demo", action="store_true", help="also import the demo prompts")
+    p.set_defaults(func=cmd_setup)
+
+    users = sub.add_parser("users", help="accounts").add_subparsers(dest="users_command", required=True)
+    p = users.add_parser("add", help="create an account; prints a generated password once")
+    p.add_argument("name")
+    p.add_argument("--role", required=True, choices=("annotator", "reviewer", "admin"))
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.set_defaults(func=cmd_users_add)
+    p = users.add_parser("reset-password", help="set a new password; prints a generated one once")
+    p.add_argument("name")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.set_defaults(func=cmd_users_reset_password)
+
+    prompts = sub.add_parser("prompts", help="prompt sets").add_subparsers(dest="prompts_command", required=True)
+    p = prompts.add_parser("import", help="import JSONL / CSV / parquet / a datasets save_to_disk directory")
+    p.add_argument("path")
+    p.add_argument("--source", help="recorded with each prompt (default: the file name)")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="import the valid rows and report the bad ones (default: all or nothing)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of rows without a split that go to 'val' (by content hash, stable)")
+    p.set_defaults(func=cmd_prompts_import)
+
+    p = sub.add_parser("sample", help="sample responses from a policy version and make items to label")
+    p.add_argument("--limit", type=int, required=True, help="how many prompts")
+    p.add_argument("--policy-version", help="version name (default: the active one)")
+    p.add_argument("--versus", help="pair against responses of this version (e.g. the previous one)")
+    p.add_argument("--n-per-prompt", type=int, default=2, help="samples per prompt")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--split", default="train", choices=("train", "val"))
+    p.add_argument("--tag", action="append", help="only prompts with this tag (repeatable)")
+    p.add_argument("--items", default="pair", choices=("pair", "single", "both"),
+                   help="pairs for pairwise labels, singles for thumbs, or both")
+    p.add_argument("--detach", action="store_true", help="run as a background job and return at once")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("export", help="write labels as TRL training data")
+    p.add_argument("--format", required=True, choices=("dpo", "kto", "reward"))
+    p.add_argument("--out", required=True, help="a .jsonl or .parquet file")
+    p.add_argument("--source", action="append", choices=("human", "judge", "grader"),
+                   help="only labels from this source (repeatable; default: all)")
+    p.set_defaults(func=cmd_export)
+
+    job_cmds = sub.add_parser("jobs", help="background jobs").add_subparsers(dest="jobs_command", required=True)
+    p = job_cmds.add_parser("list", help="recent jobs")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_jobs_list)
+    p = job_cmds.add_parser("cancel", help="ask a job to stop")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_jobs_cancel)
+    p = job_cmds.add_parser("work", help="run one queued job in this process (what detached workers do)")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_jobs_work)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as exc:
+        # A database that is unreachable or not migrated is the user's to fix, not a crash.
+        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        print(f"error: database: {detail} (is DATABASE_URL right, and has `db upgrade` run?)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

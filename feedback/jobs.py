@@ -1,0 +1,190 @@
+"""Long jobs run outside Streamlit: a row in `jobs`, a detached worker process that claims it,
+writes heartbeats and progress, and checks for cancellation; pages and the CLI only poll.
+
+A worker that dies (killed, machine restarted) stops heartbeating; `mark_stale` then marks its
+job interrupted, so nothing stays "running" forever.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
+
+from db.engine import session_scope
+from db.models import Job, utcnow
+from feedback import audit
+from feedback.errors import UserError
+from feedback.settings import PROJECT_ROOT
+
+HEARTBEAT_EVERY_S = 5.0
+STALE_AFTER = timedelta(seconds=60)
+LOG_TAIL_CHARS = 4000
+ACTIVE = ("queued", "running")
+# Secrets a worker of that kind does not need are removed from its environment.
+SECRET_ENV_VARS = ("ANTHROPIC_API_KEY",)
+
+
+class Cancelled(Exception):
+    """Raised inside a job when someone asked it to stop."""
+
+
+# kind -> runner(engine=..., job=..., reporter=...) -> result dict. Modules register themselves
+# (feedback.sampling registers "sample"), so the worker never needs to know them all.
+RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {}
+RUNNER_MODULES = {"sample": "feedback.sampling"}
+
+
+def register(kind: str):
+    def deco(fn):
+        RUNNERS[kind] = fn
+        return fn
+    return deco
+
+
+def create_job(*, session: Session, kind: str, config: dict[str, Any], created_by_id: int | None = None,
+               actor: str = "cli") -> Job:
+    if kind not in RUNNER_MODULES and kind not in RUNNERS:
+        raise UserError(f"Unknown job kind {kind!r}.")
+    job = Job(kind=kind, config=config, created_by_id=created_by_id, status="queued")
+    session.add(job)
+    session.flush()
+    audit.record(session=session, actor=actor, action="job.create", target=f"job:{job.id}",
+                 user_id=created_by_id, details={"kind": kind})
+    return job
+
+
+def request_cancel(*, session: Session, job_id: int, actor: str = "cli") -> bool:
+    """Ask a job to stop; a queued job is cancelled at once. False if it had already ended."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise UserError(f"No job {job_id}.")
+    if job.status not in ACTIVE:
+        return False
+    job.cancel_requested = True
+    if job.status == "queued":
+        job.status, job.finished_at = "cancelled", utcnow()
+    audit.record(session=session, actor=actor, action="job.cancel", target=f"job:{job_id}")
+    return True
+
+
+def mark_stale(*, session: Session) -> int:
+    """Running jobs whose worker stopped heartbeating become 'interrupted'."""
+    cutoff = utcnow() - STALE_AFTER
+    result = session.execute(
+        update(Job).where(Job.status == "running", Job.heartbeat_at < cutoff)
+        .values(status="interrupted", finished_at=utcnow(), error="worker stopped heartbeating")
+    )
+    return result.rowcount or 0
+
+
+def list_jobs(*, session: Session, limit: int = 50, kind: str | None = None) -> list[Job]:
+    mark_stale(session=session)
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if kind:
+        query = query.where(Job.kind == kind)
+    return list(session.scalars(query))
+
+
+def child_env(kind: str) -> dict[str, str]:
+    """The worker's environment: ours, minus secrets its kind does not use."""
+    keep = {"judge": {"ANTHROPIC_API_KEY"}}.get(kind, set())
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV_VARS or k in keep}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def start_detached(*, job: Job, database_url: str, log_dir: Path | None = None) -> int:
+    """Start a worker process for `job` that outlives the caller (page rerun, app restart)."""
+    log_dir = log_dir or PROJECT_ROOT / "var" / "jobs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = child_env(job.kind)
+    env["DATABASE_URL"] = database_url
+    with open(log_dir / f"job-{job.id}.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "feedback", "jobs", "work", str(job.id)],
+            cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # not killed with the Streamlit process or its rerun
+        )
+    return proc.pid
+
+
+class Reporter:
+    """What a running job uses to talk to its row: progress, log lines, cancellation."""
+
+    def __init__(self, engine: Engine, job_id: int, listener: Callable[[int, int | None], None] | None = None):
+        self.engine, self.job_id, self.listener = engine, job_id, listener
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat_loop, daemon=True)
+
+    def _heartbeat_loop(self) -> None:
+        # Keeps the job alive in the eyes of mark_stale during one long model call.
+        while not self._stop.wait(HEARTBEAT_EVERY_S):
+            with session_scope(self.engine) as s:
+                s.execute(update(Job).where(Job.id == self.job_id).values(heartbeat_at=utcnow()))
+
+    def progress(self, done: int, total: int | None = None, log: str | None = None) -> None:
+        """Record progress; raise Cancelled if a cancel was requested."""
+        with session_scope(self.engine) as s:
+            job = s.get(Job, self.job_id)
+            job.progress_done, job.heartbeat_at = done, utcnow()
+            if total is not None:
+                job.progress_total = total
+            if log:
+                job.log_tail = (job.log_tail + log.rstrip() + "\n")[-LOG_TAIL_CHARS:]
+            cancel = job.cancel_requested
+        if self.listener:
+            self.listener(done, total)
+        if cancel:
+            raise Cancelled()
+
+
+def claim(*, engine: Engine, job_id: int) -> bool:
+    """Atomically move a queued job to running: two workers cannot both run it."""
+    with session_scope(engine) as s:
+        result = s.execute(
+            update(Job).where(Job.id == job_id, Job.status == "queued")
+            .values(status="running", started_at=utcnow(), heartbeat_at=utcnow(), pid=os.getpid())
+        )
+        return result.rowcount == 1
+
+
+def run_job(*, engine: Engine, job_id: int, listener: Callable[[int, int | None], None] | None = None) -> Job:
+    """Claim and run one job in this process, recording how it ended. Returns the final row.
+
+    `listener(done, total)` sees each progress report (the CLI draws its progress bar with it).
+    """
+    if not claim(engine=engine, job_id=job_id):
+        with session_scope(engine, read_only=True) as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise UserError(f"No job {job_id}.")
+            raise UserError(f"Job {job_id} is {job.status}, not queued.")
+    with session_scope(engine, read_only=True) as s:
+        job = s.get(Job, job_id)
+    if job.kind not in RUNNERS:
+        __import__(RUNNER_MODULES[job.kind])
+    reporter = Reporter(engine, job_id, listener)
+    reporter._beat.start()
+    status, result, error = "succeeded", None, None
+    try:
+        result = RUNNERS[job.kind](engine=engine, job=job, reporter=reporter)
+    except Cancelled:
+        status = "cancelled"
+    except Exception as exc:  # a crashed job is recorded, never left "running"
+        status = "failed"
+        error = str(exc) if isinstance(exc, UserError) else traceback.format_exc(limit=8)
+    finally:
+        reporter._stop.set()
+    with session_scope(engine) as s:
+        job = s.get(Job, job_id)
+        job.status, job.result, job.error, job.finished_at = status, result, error, utcnow()
+    return job

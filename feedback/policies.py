@@ -1,0 +1,43 @@
+"""Policy versions: the base model as v0, lookup by name, the active one."""
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import PolicyVersion
+from feedback import audit
+from feedback.errors import UserError
+from feedback.settings import Settings, get_settings
+
+
+def ensure_base_policy(*, session: Session, settings: Settings | None = None, actor: str = "cli") -> PolicyVersion:
+    """v0 is the configured base model; created (and made active) on first use."""
+    settings = settings or get_settings()
+    existing = session.scalar(select(PolicyVersion).where(PolicyVersion.name == "v0"))
+    if existing is not None:
+        return existing
+    has_active = session.scalar(select(PolicyVersion.id).where(PolicyVersion.status == "active")) is not None
+    version = PolicyVersion(
+        name="v0", base_model=settings.policy_model, served_name=settings.policy_model,
+        status="retired" if has_active else "active", stage="base",
+    )
+    session.add(version)
+    session.flush()
+    audit.record(session=session, actor=actor, action="policy.create", target=f"policy:{version.id}",
+                 details={"name": "v0", "base_model": settings.policy_model})
+    return version
+
+
+def active_policy(*, session: Session) -> PolicyVersion:
+    version = session.scalar(select(PolicyVersion).where(PolicyVersion.status == "active"))
+    if version is None:
+        raise UserError("No active policy version; run `python -m feedback db upgrade` and seed, or promote one.")
+    return version
+
+
+def policy_by_name(*, session: Session, name: str) -> PolicyVersion:
+    version = session.scalar(select(PolicyVersion).where(PolicyVersion.name == name))
+    if version is None:
+        known = ", ".join(session.scalars(select(PolicyVersion.name).order_by(PolicyVersion.id))) or "none"
+        raise UserError(f"No policy version {name!r} (known: {known}).")
+    return version

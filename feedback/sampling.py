@@ -1,0 +1,202 @@
+"""Sampling: prompts -> responses from a policy version -> items to label.
+
+Work is committed one chunk of prompts at a time, so a long run shows progress, its items can
+be labelled while it goes on, and a cancel or crash loses at most one chunk.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from db.engine import session_scope
+from db.models import Item, PolicyVersion, Prompt, Response
+from feedback import jobs
+from feedback.errors import UserError
+from feedback.policies import active_policy, policy_by_name
+from feedback.policy import Completion, PolicyClient, SamplingParams, client_for
+
+ItemsMode = Literal["pair", "single", "both"]
+
+
+@dataclass
+class SamplingConfig:
+    limit: int = 16  # prompts to sample this run
+    n_per_prompt: int = 2  # samples per prompt (per version in versus mode)
+    policy_version: str | None = None  # a version name; None = the active one
+    versus_version: str | None = None  # pair each response with one from this version (vN vs vN-1)
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 128
+    seed: int | None = None
+    split: str = "train"
+    tags: list[str] = field(default_factory=list)  # only prompts with at least one of these tags
+    items: ItemsMode = "pair"  # what to make from the responses
+    chunk_prompts: int = 8  # prompts per model call and per commit
+
+    def __post_init__(self) -> None:
+        if self.limit < 1:
+            raise UserError("--limit must be at least 1.")
+        if self.items not in ("pair", "single", "both"):
+            raise UserError("items must be pair, single or both.")
+        if self.items != "single" and self.n_per_prompt < 2 and not self.versus_version:
+            raise UserError("Pairs need at least 2 samples per prompt (or a --versus version).")
+        try:
+            self.params()
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+
+    def params(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p,
+                              max_new_tokens=self.max_new_tokens, n=self.n_per_prompt, seed=self.seed)
+
+
+def _normalised(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def make_pairs(texts_a: Sequence[str], texts_b: Sequence[str] | None = None) -> list[tuple[int, int]]:
+    """Disjoint pairs of distinct texts (identical texts, up to white space, are no comparison).
+
+    With one list, pairs are formed within it: (i, j) index it twice. With two lists (versus
+    mode), i indexes texts_a and j indexes texts_b.
+    """
+    if texts_b is None:
+        pairs, used = [], set()
+        for i, text in enumerate(texts_a):
+            if i in used:
+                continue
+            for j in range(i + 1, len(texts_a)):
+                if j not in used and _normalised(texts_a[j]) != _normalised(text):
+                    pairs.append((i, j))
+                    used.update((i, j))
+                    break
+        return pairs
+    pairs, used_b = [], set()
+    for i, text in enumerate(texts_a):
+        for j, other in enumerate(texts_b):
+            if j not in used_b and _normalised(other) != _normalised(text):
+                pairs.append((i, j))
+                used_b.add(j)
+                break
+    return pairs
+
+
+def select_prompts(*, session: Session, version_id: int, limit: int, split: str = "train",
+                   tags: Sequence[str] = ()) -> list[Prompt]:
+    """The prompts this version has answered least often first, so repeated runs spread out."""
+    answered = (
+        select(Response.prompt_id, func.count().label("n"))
+        .where(Response.policy_version_id == version_id).group_by(Response.prompt_id).subquery()
+    )
+    query = (
+        select(Prompt).outerjoin(answered, answered.c.prompt_id == Prompt.id)
+        .where(Prompt.split == split)
+        .order_by(func.coalesce(answered.c.n, 0), Prompt.id)
+    )
+    if not tags:
+        return list(session.scalars(query.limit(limit)))
+    # Tag matching in Python: JSON containment is spelled differently on SQLite and Postgres.
+    wanted = set(tags)
+    return [p for p in session.scalars(query) if wanted & set(p.tags or [])][:limit]
+
+
+def _response(prompt: Prompt, version: PolicyVersion, c: Completion, params: dict[str, Any],
+              job_id: int | None) -> Response:
+    return Response(
+        prompt_id=prompt.id, policy_version_id=version.id, text=c.text, params=params, seed=c.seed,
+        prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, latency_ms=c.latency_ms,
+        finish_reason=c.finish_reason, job_id=job_id,
+    )
+
+
+def record_samples(
+    *, session: Session, prompt: Prompt, version: PolicyVersion, completions: list[Completion],
+    params: dict[str, Any], items: ItemsMode = "pair", job_id: int | None = None,
+    versus: tuple[PolicyVersion, list[Completion], dict[str, Any]] | None = None,
+) -> tuple[int, int]:
+    """Store the responses to one prompt and the items made from them: (pairs, singles)."""
+    responses = [_response(prompt, version, c, params, job_id) for c in completions]
+    other = [_response(prompt, versus[0], c, versus[2], job_id) for c in versus[1]] if versus else []
+    session.add_all(responses + other)
+    session.flush()
+    n_pairs = n_singles = 0
+    if items in ("pair", "both"):
+        if versus:
+            index_pairs = make_pairs([r.text for r in responses], [r.text for r in other])
+            tuples = [(responses[i], other[j]) for i, j in index_pairs]
+        else:
+            tuples = [(responses[i], responses[j]) for i, j in make_pairs([r.text for r in responses])]
+        for a, b in tuples:
+            session.add(Item(kind="pair", prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id, job_id=job_id))
+        n_pairs = len(tuples)
+    if items in ("single", "both"):
+        for r in responses + other:
+            session.add(Item(kind="single", prompt_id=prompt.id, response_a_id=r.id, job_id=job_id))
+        n_singles = len(responses) + len(other)
+    return n_pairs, n_singles
+
+
+def run_sampling(
+    *, engine: Engine, config: SamplingConfig, job_id: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    client_factory: Callable[[PolicyVersion], PolicyClient] = client_for,
+) -> dict[str, Any]:
+    """Sample `config.limit` prompts and store responses and items; returns counts."""
+    with session_scope(engine, read_only=True) as s:
+        version = policy_by_name(session=s, name=config.policy_version) if config.policy_version \
+            else active_policy(session=s)
+        versus = policy_by_name(session=s, name=config.versus_version) if config.versus_version else None
+        prompts = select_prompts(session=s, version_id=version.id, limit=config.limit,
+                                 split=config.split, tags=config.tags)
+    if not prompts:
+        raise UserError(f"No {config.split} prompts to sample{' with those tags' if config.tags else ''}; import some first.")
+    client = client_factory(version)
+    versus_client = client_factory(versus) if versus else None
+    # In versus mode both versions answer with the same settings; pairs cross the versions.
+    params = config.params()
+
+    totals = {"prompts": 0, "responses": 0, "pairs": 0, "singles": 0, "prompts_without_pair": 0}
+    if on_progress:
+        on_progress(0, len(prompts))
+    for start in range(0, len(prompts), config.chunk_prompts):
+        chunk = prompts[start : start + config.chunk_prompts]
+        conversations = [p.messages for p in chunk]
+        results = client.generate(conversations, params)
+        versus_results = versus_client.generate(conversations, params) if versus_client else None
+        made = {**params.as_dict(), "backend": client.description}
+        with session_scope(engine) as s:
+            for k, prompt in enumerate(chunk):
+                prompt = s.merge(prompt, load=False)
+                vs = (s.merge(versus, load=False), versus_results[k],
+                      {**params.as_dict(), "backend": versus_client.description}) if versus else None
+                pairs, singles = record_samples(
+                    session=s, prompt=prompt, version=s.merge(version, load=False), completions=results[k],
+                    params=made, items=config.items, job_id=job_id, versus=vs,
+                )
+                totals["responses"] += len(results[k]) + (len(versus_results[k]) if versus_results else 0)
+                totals["pairs"] += pairs
+                totals["singles"] += singles
+                totals["prompts_without_pair"] += int(config.items != "single" and pairs == 0)
+        totals["prompts"] += len(chunk)
+        if on_progress:
+            on_progress(totals["prompts"], len(prompts))
+    return totals
+
+
+@jobs.register("sample")
+def run_sampling_job(*, engine: Engine, job, reporter: jobs.Reporter) -> dict[str, Any]:
+    config = SamplingConfig(**job.config)
+
+    def progress(done: int, total: int) -> None:
+        reporter.progress(done, total, log=f"{done}/{total} prompts sampled")
+
+    return run_sampling(engine=engine, config=config, job_id=job.id, on_progress=progress)
+
+
+def config_dict(config: SamplingConfig) -> dict[str, Any]:
+    return asdict(config)

@@ -1,0 +1,61 @@
+"""Settings from the environment, read at call time so tests (and the CLI) can override them.
+
+Every field is documented; `tests/test_settings.py` checks that the README lists each one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    database_url: str = Field(
+        default=f"sqlite:///{PROJECT_ROOT / 'var' / 'feedback.sqlite3'}",
+        description="SQLAlchemy URL: a SQLite file (default) or postgresql+psycopg://user:pw@host/db.",
+    )
+    policy_backend: Literal["local", "openai"] = Field(
+        default="local",
+        description="Where responses come from: 'local' (in-process transformers on CPU) or "
+        "'openai' (any OpenAI-compatible server, e.g. `vllm serve`).",
+    )
+    policy_base_url: str = Field(
+        default="http://127.0.0.1:8000/v1",
+        description="Base URL of the OpenAI-compatible policy server (used when POLICY_BACKEND=openai).",
+    )
+    policy_model: str = Field(
+        default=DEFAULT_MODEL_NAME,
+        description="Base policy model: a directory, a name inside MODEL_CACHE_DIR (local backend), "
+        "or the model name the server serves (openai backend).",
+    )
+    policy_api_key: SecretStr = Field(
+        default=SecretStr("EMPTY"),
+        description="API key sent to the OpenAI-compatible policy server (vLLM accepts any unless started with --api-key).",
+    )
+    model_cache_dir: Path = Field(
+        default=PROJECT_ROOT / ".cache" / "models",
+        description="Where prepared models (safetensors directories) are kept.",
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        default=None,
+        description="Anthropic API key for the AI judge. A secret: never logged, stored or passed to child processes.",
+    )
+    import_max_bytes: int = Field(
+        default=50 * 1024 * 1024, description="Largest prompt file accepted by an import, in bytes."
+    )
+    import_max_rows: int = Field(default=100_000, description="Most rows one import may hold.")
+    import_max_prompt_chars: int = Field(
+        default=32_000, description="Longest prompt (all message contents together) or reference, in characters."
+    )
+
+
+def get_settings() -> Settings:
+    """A fresh read of the environment each call (cheap; keeps tests and child processes honest)."""
+    return Settings()

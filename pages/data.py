@@ -1,0 +1,136 @@
+"""Admin data page: import prompts, browse what is stored, start sampling jobs, download exports.
+
+Tables go through st.dataframe, which shows text as text: model output is never rendered as HTML.
+"""
+from dataclasses import asdict
+
+import pandas as pd
+import streamlit as st
+
+from db.engine import session_scope
+from feedback import audit, jobs
+from feedback.browse import counts, list_items, list_prompts, list_responses, policy_names
+from feedback.errors import UserError
+from feedback.export import FORMATS, export_rows, to_jsonl
+from feedback.prompts import import_prompt_file_bytes
+from feedback.sampling import SamplingConfig
+from feedback.settings import get_settings
+from feedback.users import require_role
+from pages.common import get_engine, require_page_role
+
+user = require_page_role("admin")
+engine = get_engine()
+settings = get_settings()
+
+st.title("Data")
+with session_scope(engine, read_only=True) as session:
+    totals = counts(session=session)
+    versions = policy_names(session=session)
+st.caption(" · ".join(f"{v} {k}" for k, v in totals.items()))
+
+tab_import, tab_browse, tab_sample, tab_export = st.tabs(["Import prompts", "Browse", "Sample", "Export"])
+
+with tab_import:
+    st.write(
+        "JSONL, CSV or parquet; each row has `prompt` (text) or `messages` (a chat), and optionally "
+        "`reference`, `split` (train/val) and `tags`. Duplicates are skipped."
+    )
+    upload = st.file_uploader("Prompt file", type=["jsonl", "json", "csv", "parquet"],
+                              max_upload_size=max(1, settings.import_max_bytes // (1024 * 1024)))
+    mode = st.radio("If some rows are invalid", ["abort", "skip"], horizontal=True,
+                    format_func={"abort": "import nothing (all or nothing)", "skip": "import the valid rows"}.get)
+    if st.button("Import", type="primary", disabled=upload is None):
+        try:
+            with session_scope(engine) as session:
+                require_role(session.merge(user), "admin")
+                report = import_prompt_file_bytes(session=session, data=upload.getvalue(),
+                                                  filename=upload.name, on_error=mode)
+                if report.committed:
+                    audit.record(session=session, actor=f"app:{user.username}", user_id=user.id,
+                                 action="prompts.import", target=upload.name,
+                                 details={"inserted": report.inserted, "duplicates": report.duplicates,
+                                          "errors": len(report.errors)})
+        except UserError as exc:
+            st.error(str(exc))
+        else:
+            (st.success if report.committed else st.error)(report.summary())
+            if report.errors:
+                st.dataframe(pd.DataFrame([{"where": e.where, "reason": e.reason} for e in report.errors]),
+                             hide_index=True, width="stretch")
+
+with tab_browse:
+    what = st.segmented_control("Show", ["Prompts", "Responses", "Items"], default="Prompts")
+    search = st.text_input("Text contains", key="browse_search")
+    with session_scope(engine, read_only=True) as session:
+        if what == "Responses":
+            version = st.selectbox("Policy version", [None, *versions], format_func=lambda v: v or "all")
+            rows = list_responses(session=session, policy_version=version, search=search or None)
+        elif what == "Items":
+            kind = st.selectbox("Kind", [None, "pair", "single"], format_func=lambda v: v or "all")
+            rows = list_items(session=session, kind=kind)
+        else:
+            c1, c2 = st.columns(2)
+            split = c1.selectbox("Split", [None, "train", "val"], format_func=lambda v: v or "all")
+            tag = c2.text_input("Tag")
+            rows = list_prompts(session=session, split=split, tag=tag or None, search=search or None)
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+with tab_sample:
+    with st.form("sample"):
+        c1, c2, c3 = st.columns(3)
+        limit = c1.number_input("Prompts", 1, 10_000, 8)
+        n = c2.number_input("Samples per prompt", 1, 16, 2)
+        max_new_tokens = c3.number_input("Max new tokens", 8, 4096, 128)
+        c1, c2, c3 = st.columns(3)
+        temperature = c1.slider("Temperature", 0.0, 2.0, 0.8)
+        top_p = c2.slider("Top p", 0.05, 1.0, 0.95)
+        items = c3.selectbox("Make", ["pair", "single", "both"], format_func={
+            "pair": "pairs (A/B)", "single": "singles (thumbs)", "both": "pairs and singles"}.get)
+        c1, c2 = st.columns(2)
+        version = c1.selectbox("Policy version", [None, *versions], format_func=lambda v: v or "the active one")
+        versus = c2.selectbox("Versus (pair across versions)", [None, *versions], format_func=lambda v: v or "none")
+        start = st.form_submit_button("Start sampling job", type="primary")
+    if start:
+        try:
+            config = SamplingConfig(limit=int(limit), n_per_prompt=int(n), max_new_tokens=int(max_new_tokens),
+                                    temperature=temperature, top_p=top_p, items=items,
+                                    policy_version=version, versus_version=versus)
+            with session_scope(engine) as session:
+                require_role(session.merge(user), "admin")
+                job = jobs.create_job(session=session, kind="sample", config=asdict(config),
+                                      created_by_id=user.id, actor=f"app:{user.username}")
+            jobs.start_detached(job=job, database_url=settings.database_url)
+            st.toast(f"Sampling job {job.id} started")
+        except UserError as exc:
+            st.error(str(exc))
+
+    @st.fragment(run_every="2s")
+    def job_progress() -> None:
+        with session_scope(engine) as session:
+            recent = jobs.list_jobs(session=session, limit=5, kind="sample")
+            for job in recent:
+                total = job.progress_total or 0
+                label = f"Job {job.id} · {job.status} · {job.progress_done}/{total or '?'} prompts"
+                st.progress(job.progress_done / total if total else 0.0, text=label)
+                if job.status == "succeeded" and job.result:
+                    st.caption(f"{job.result['responses']} responses, {job.result['pairs']} pairs, "
+                               f"{job.result['singles']} singles")
+                if job.status == "failed" and job.error:
+                    st.code(job.error[-2000:], language=None)
+                if job.status in jobs.ACTIVE and st.button("Cancel", key=f"cancel-{job.id}"):
+                    jobs.request_cancel(session=session, job_id=job.id, actor=f"app:{user.username}")
+        if not recent:
+            st.caption("No sampling jobs yet.")
+
+    job_progress()
+
+with tab_export:
+    fmt = st.radio("Format", FORMATS, horizontal=True, format_func={
+        "dpo": "DPO (prompt/chosen/rejected)", "kto": "KTO (prompt/completion/label)",
+        "reward": "Reward model (prompt/chosen/rejected/margin)"}.get)
+    sources = st.multiselect("Label sources", ["human", "judge", "grader"], default=["human", "judge", "grader"])
+    with session_scope(engine, read_only=True) as session:
+        rows = export_rows(session=session, fmt=fmt, sources=sources) if sources else []
+    st.write(f"{len(rows)} rows")
+    st.download_button(f"Download {fmt}.jsonl", to_jsonl(rows), file_name=f"{fmt}.jsonl",
+                       mime="application/jsonl", disabled=not rows)
