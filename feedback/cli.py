@@ -64,6 +64,30 @@ def cmd_setup(args) -> None:
         print(f"    username: {ADMIN_USERNAME}\n    password: {result.admin_password}\n")
     else:
         print(f"admin account exists (reset with: python -m feedback users reset-password {ADMIN_USERNAME})")
+    if args.sample_demo:
+        _sample_demo_in_background(settings.database_url)
+
+
+def _sample_demo_in_background(database_url: str) -> None:
+    """First run only: fill the pool with demo pairs and singles so there is something to label."""
+    from dataclasses import asdict
+
+    from sqlalchemy import func, select
+
+    from db.engine import session_scope
+    from db.models import Item, Job
+    from feedback import jobs
+    from feedback.sampling import SamplingConfig
+
+    with session_scope(_engine()) as session:
+        has_items = session.scalar(select(func.count()).select_from(Item)) > 0
+        running = session.scalar(select(Job.id).where(Job.kind == "sample", Job.status.in_(jobs.ACTIVE)))
+        if has_items or running:
+            return
+        config = SamplingConfig(limit=100, tags=["demo"], items="both", max_new_tokens=96, seed=0)
+        job = jobs.create_job(session=session, kind="sample", config=asdict(config), actor="setup")
+    jobs.start_detached(job=job, database_url=database_url)
+    print(f"sampling the demo prompts in the background (job {job.id}); the Data page shows its progress")
 
 
 def cmd_users_add(args) -> None:
@@ -210,6 +234,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("setup", help="migrate, prepare the model, create v0 and the admin (idempotent)")
     p.add_argument("--demo", action="store_true", help="also import the demo prompts")
+    p.add_argument("--sample-demo", action="store_true",
+                   help="if nothing has been sampled yet, sample the demo prompts in a background job")
     p.set_defaults(func=cmd_setup)
 
     users = sub.add_parser("users", help="accounts").add_subparsers(dest="users_command", required=True)

@@ -59,7 +59,7 @@ def preference_rows(*, session: Session, sources: Sequence[str] = LABEL_SOURCES,
         select(Item.id, Prompt.messages, ra.text, rb.text)
         .join(Prompt, Prompt.id == Item.prompt_id)
         .join(ra, ra.id == Item.response_a_id).join(rb, rb.id == Item.response_b_id)
-        .where(Item.id.in_(list(by_item)))
+        .where(Item.id.in_(list(by_item))).order_by(Item.id)  # stable output: same labels, same file
     )
     out = []
     for item_id, messages, text_a, text_b in rows:
@@ -83,7 +83,7 @@ def kto_rows(*, session: Session, sources: Sequence[str] = LABEL_SOURCES) -> lis
     rows = session.execute(
         select(Item.id, Prompt.messages, Response.text)
         .join(Prompt, Prompt.id == Item.prompt_id).join(Response, Response.id == Item.response_a_id)
-        .where(Item.id.in_(list(by_item)))
+        .where(Item.id.in_(list(by_item))).order_by(Item.id)
     )
     out = []
     for item_id, messages, text in rows:

@@ -133,6 +133,8 @@ class Reporter:
 
     def progress(self, done: int, total: int | None = None, log: str | None = None) -> None:
         """Record progress; raise Cancelled if a cancel was requested."""
+        if self.listener:
+            self.listener(done, total)
         with session_scope(self.engine) as s:
             job = s.get(Job, self.job_id)
             job.progress_done, job.heartbeat_at = done, utcnow()
@@ -141,8 +143,6 @@ class Reporter:
             if log:
                 job.log_tail = (job.log_tail + log.rstrip() + "\n")[-LOG_TAIL_CHARS:]
             cancel = job.cancel_requested
-        if self.listener:
-            self.listener(done, total)
         if cancel:
             raise Cancelled()
 

@@ -1,6 +1,7 @@
 """Sampling from any OpenAI-compatible chat server: `vllm serve` in production, llama.cpp's
 server in the tests. Retries with exponential backoff and timeouts are the openai SDK's own
-(it honours Retry-After on 429/5xx); we add bounded concurrency and top-ups for servers that
+(exponential backoff with jitter on 408/409/429/5xx and connection errors, honouring a
+non-zero Retry-After); we add bounded concurrency and top-ups for servers that
 return fewer choices than `n` (llama.cpp ignores `n`, vLLM honours it).
 """
 from __future__ import annotations
