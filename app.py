@@ -9,9 +9,21 @@ user = signed_in_user()
 if user is None:
     navigation = st.navigation([st.Page("pages/sign_in.py", title="Sign in", icon=":material/login:")])
 else:
-    sections = {"": [st.Page("pages/home.py", title="Home", icon=":material/home:", default=True)]}
+    sections = {
+        "Label": [
+            st.Page("pages/annotate_pairwise.py", title="Compare", icon=":material/compare:", default=True),
+            st.Page("pages/annotate_binary.py", title="Rate", icon=":material/thumbs_up_down:"),
+        ],
+        "Overview": [st.Page("pages/home.py", title="Home", icon=":material/home:")],
+    }
+    if user.role in ("reviewer", "admin"):
+        sections["Overview"].append(st.Page("pages/labels.py", title="Labels", icon=":material/table:"))
     if user.role == "admin":
-        sections["Admin"] = [st.Page("pages/data.py", title="Data", icon=":material/database:")]
+        sections["Admin"] = [
+            st.Page("pages/data.py", title="Data", icon=":material/database:"),
+            st.Page("pages/queue.py", title="Queue", icon=":material/queue:"),
+            st.Page("pages/users.py", title="Users", icon=":material/group:"),
+        ]
     navigation = st.navigation(sections)
     with st.sidebar:
         st.write(f"**{user.username}** · {user.role}")

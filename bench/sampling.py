@@ -254,6 +254,14 @@ def main(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     print()
     print(f"a/b = {a / b:.2f}  (goal >= 0.9: {'met' if a / b >= 0.9 else 'NOT met'})")
     print(f"a/c = {a / c:.2f}  (goal >= 2.0: {'met' if a / c >= 2.0 else 'NOT met'})")
+    # Per repeat, from the runs of that repeat only (adjacent in time): a check on the medians
+    # when the machine's load changed between repeats.
+    per_repeat = [
+        tuple((runs[names[0]][r][0] / runs[names[0]][r][1]) / (runs[x][r][0] / runs[x][r][1]) for x in names[1:])
+        for r in range(args.repeats)
+    ]
+    print("per repeat a/b: " + ", ".join(f"{ab:.2f}" for ab, _ in per_repeat)
+          + "; a/c: " + ", ".join(f"{ac:.2f}" for _, ac in per_repeat))
     print(f"after: {after}")
     summary["ratios"] = {"a/b": a / b, "a/c": a / c}
     return summary

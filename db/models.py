@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 # Stable constraint names, so migrations can drop/alter them on SQLite (batch mode) and Postgres.
 NAMING_CONVENTION = {
@@ -49,11 +50,30 @@ PAIRWISE_CHOICES = ("a", "b", "tie", "both_bad")
 STRENGTHS = ("slight", "much")
 THUMB_VALUES = ("up", "down")
 SHOWN_ORDERS = ("ab", "ba")
+ASSIGNMENT_STATUSES = ("leased", "done", "skipped")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every database. SQLite keeps no offset, so values read
+    back from it would otherwise be naive and fail to compare with utcnow()."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; use db.models.utcnow()")
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc) if value is not None else None
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -74,7 +94,7 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))
     active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Prompt(Base):
@@ -92,7 +112,7 @@ class Prompt(Base):
     source: Mapped[str] = mapped_column(String(255), default="")
     # sha256 of the canonical messages JSON: the same prompt imported twice is stored once.
     content_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Job(Base):
@@ -112,11 +132,11 @@ class Job(Base):
     log_tail: Mapped[str] = mapped_column(Text, default="")
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     pid: Mapped[int | None] = mapped_column(Integer)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Snapshot(Base):
@@ -129,7 +149,7 @@ class Snapshot(Base):
     filters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     n_labels: Mapped[int] = mapped_column(Integer)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class PolicyVersion(Base):
@@ -165,7 +185,7 @@ class PolicyVersion(Base):
     train_config: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     status: Mapped[str] = mapped_column(String(16), default="candidate")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     parent: Mapped[PolicyVersion | None] = relationship(remote_side=[id])
 
@@ -188,7 +208,7 @@ class Response(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float)
     finish_reason: Mapped[str | None] = mapped_column(String(32))
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     prompt: Mapped[Prompt] = relationship()
     policy_version: Mapped[PolicyVersion] = relationship()
@@ -228,7 +248,7 @@ class Item(Base):
     response_a_id: Mapped[int] = mapped_column(ForeignKey("responses.id"))
     response_b_id: Mapped[int | None] = mapped_column(ForeignKey("responses.id"))
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     prompt: Mapped[Prompt] = relationship()
     response_a: Mapped[Response] = relationship(foreign_keys=[response_a_id])
@@ -247,7 +267,7 @@ class Constitution(Base):
     principles: Mapped[list[str]] = mapped_column(JSONType)
     content_hash: Mapped[str] = mapped_column(String(64))
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Label(Base):
@@ -295,9 +315,66 @@ class Label(Base):
     shown_order: Mapped[str | None] = mapped_column(String(2))
     # Client-generated id: a resubmission of the same id is recognised and writes nothing.
     submission_id: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
     item: Mapped[Item] = relationship()
+
+
+class Assignment(Base):
+    """An item handed to one annotator. One row per (item, annotator), ever: nobody gets the same
+    item twice. A lease past `expires_at` no longer counts against the item's overlap."""
+
+    __tablename__ = "assignments"
+    __table_args__ = (
+        CheckConstraint(_in("status", ASSIGNMENT_STATUSES), name="status"),
+        CheckConstraint(_in("shown_order", SHOWN_ORDERS), name="shown_order"),
+        UniqueConstraint("item_id", "user_id"),
+        Index("ix_assignments_item_status", "item_id", "status"),
+        Index("ix_assignments_user_status", "user_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    status: Mapped[str] = mapped_column(String(8), default="leased")
+    # The left/right order this annotator sees, fixed for the lease so a rerun shows the same.
+    shown_order: Mapped[str] = mapped_column(String(2))
+    leased_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    item: Mapped[Item] = relationship()
+
+
+class QueueSettings(Base):
+    """How items are handed out; a single row (id 1), edited on the admin page."""
+
+    __tablename__ = "queue_settings"
+    __table_args__ = (
+        CheckConstraint("overlap >= 1", name="overlap_positive"),
+        CheckConstraint("lease_seconds >= 10", name="lease_min"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    overlap: Mapped[int] = mapped_column(Integer, default=1)  # distinct annotators per item
+    lease_seconds: Mapped[int] = mapped_column(Integer, default=600)
+    prompt_tags: Mapped[list[str]] = mapped_column(JSONType, default=list)  # empty: any prompt
+    policy_version_ids: Mapped[list[int]] = mapped_column(JSONType, default=list)  # empty: any version
+    refill_below: Mapped[int] = mapped_column(Integer, default=4)  # open items that trigger a refill
+    refill_prompts: Mapped[int] = mapped_column(Integer, default=8)  # prompts sampled per refill
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
+class SignInFailure(Base):
+    """Failed sign-ins, for rate limiting across every app process."""
+
+    __tablename__ = "sign_in_failures"
+    __table_args__ = (Index("ix_sign_in_failures_username_at", "username", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class SnapshotLabel(Base):
@@ -313,7 +390,7 @@ class AuditLog(Base):
     __tablename__ = "audit_log"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     # "cli", "app:alice", "worker:job-12" ...
     actor: Mapped[str] = mapped_column(String(128))

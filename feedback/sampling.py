@@ -17,6 +17,7 @@ from db.engine import session_scope
 from db.models import Item, PolicyVersion, Prompt, Response
 from feedback import jobs
 from feedback.errors import UserError
+from feedback.tags import has_any_tag
 from feedback.policies import active_policy, policy_by_name
 from feedback.policy import Completion, PolicyClient, SamplingParams, client_for
 
@@ -98,11 +99,9 @@ def select_prompts(*, session: Session, version_id: int, limit: int, split: str 
         .where(Prompt.split == split)
         .order_by(func.coalesce(answered.c.n, 0), Prompt.id)
     )
-    if not tags:
-        return list(session.scalars(query.limit(limit)))
-    # Tag matching in Python: JSON containment is spelled differently on SQLite and Postgres.
-    wanted = set(tags)
-    return [p for p in session.scalars(query) if wanted & set(p.tags or [])][:limit]
+    if tags:
+        query = query.where(has_any_tag(Prompt.tags, tags, session.get_bind().dialect.name))
+    return list(session.scalars(query.limit(limit)))
 
 
 def _response(prompt: Prompt, version: PolicyVersion, c: Completion, params: dict[str, Any],

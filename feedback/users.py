@@ -1,19 +1,25 @@
 """Accounts: argon2id password hashes (argon2-cffi), roles checked here, not only in the UI."""
 from __future__ import annotations
 
+import re
 import secrets
+from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from db.models import ROLES, User
+from db.models import ROLES, SignInFailure, User, utcnow
 from feedback import audit
 from feedback.errors import PermissionDenied, UserError
 
 _hasher = PasswordHasher()
+# Failed sign-ins allowed per username in the window before sign-in is refused for the rest of it.
+MAX_FAILURES = 5
+FAILURE_WINDOW = timedelta(minutes=15)
 MIN_PASSWORD_LENGTH = 8
+USERNAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 # Verifying against this when the user does not exist keeps sign-in time the same either way.
 _DUMMY_HASH = _hasher.hash("not-a-real-password")
 
@@ -24,8 +30,8 @@ def generate_password() -> str:
 
 def create_user(*, session: Session, username: str, role: str, password: str, actor: str = "cli") -> User:
     username = username.strip()
-    if not username or len(username) > 64 or not username.replace("_", "").replace("-", "").replace(".", "").isalnum():
-        raise UserError("A username is 1-64 letters, digits, '.', '_' or '-'.")
+    if not USERNAME.fullmatch(username):
+        raise UserError("A username is 1-64 letters, digits, '.', '_', '-' or '@' (an e-mail for single sign-on).")
     if role not in ROLES:
         raise UserError(f"Unknown role {role!r}; choose one of {', '.join(ROLES)}.")
     if len(password) < MIN_PASSWORD_LENGTH:
@@ -70,3 +76,97 @@ def set_password(*, session: Session, username: str, password: str, actor: str =
     user.password_hash = _hasher.hash(password)
     audit.record(session=session, actor=actor, action="user.set_password", target=f"user:{user.id}")
     return user
+
+
+class TooManyAttempts(UserError):
+    """Sign-in refused for a while after repeated failures."""
+
+
+def sign_in(*, session: Session, username: str, password: str, now: datetime | None = None) -> User | None:
+    """`authenticate` behind a rate limit: after MAX_FAILURES failures within FAILURE_WINDOW for a
+    username, sign-in is refused (without checking the password) until the window has passed.
+    The failures live in the database, so every app process shares the count."""
+    now = now or utcnow()
+    name = username.strip()[:64]
+    since = now - FAILURE_WINDOW
+    failures = session.scalars(
+        select(SignInFailure.at).where(SignInFailure.username == name, SignInFailure.at > since)
+        .order_by(SignInFailure.at)
+    ).all()
+    if len(failures) >= MAX_FAILURES:
+        wait = failures[-MAX_FAILURES] + FAILURE_WINDOW - now
+        raise TooManyAttempts(f"Too many failed sign-ins; try again in {max(1, round(wait.total_seconds() / 60))} min.")
+    user = authenticate(session=session, username=name, password=password)
+    if user is None:
+        session.add(SignInFailure(username=name, at=now))
+        return None
+    session.execute(delete(SignInFailure).where(SignInFailure.username == name))
+    return user
+
+
+def list_users(*, session: Session, actor: User) -> list[User]:
+    require_role(actor, "admin")
+    return list(session.scalars(select(User).order_by(User.username)))
+
+
+def _target(session: Session, user_id: int) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise UserError(f"No user {user_id}.")
+    return user
+
+
+def _keep_an_admin(session: Session, target: User) -> None:
+    """Refuse a change that would leave no active admin (nobody could manage users any more)."""
+    admins = session.scalar(select(func.count()).select_from(User).where(User.role == "admin", User.active))
+    if target.role == "admin" and target.active and admins <= 1:
+        raise UserError("This is the last active admin; make another admin first.")
+
+
+def set_active(*, session: Session, actor: User, user_id: int, active: bool) -> User:
+    require_role(actor, "admin")
+    target = _target(session, user_id)
+    if not active:
+        _keep_an_admin(session, target)
+    target.active = active
+    audit.record(session=session, actor=f"app:{actor.username}", user_id=actor.id,
+                 action="user.activate" if active else "user.deactivate", target=f"user:{target.id}")
+    return target
+
+
+def set_role(*, session: Session, actor: User, user_id: int, role: str) -> User:
+    require_role(actor, "admin")
+    if role not in ROLES:
+        raise UserError(f"Unknown role {role!r}; choose one of {', '.join(ROLES)}.")
+    target = _target(session, user_id)
+    if role != "admin":
+        _keep_an_admin(session, target)
+    old, target.role = target.role, role
+    audit.record(session=session, actor=f"app:{actor.username}", user_id=actor.id, action="user.role",
+                 target=f"user:{target.id}", details={"from": old, "to": role})
+    return target
+
+
+def reset_password(*, session: Session, actor: User, user_id: int) -> str:
+    """Set a generated password and return it (to show once); the old one stops working."""
+    require_role(actor, "admin")
+    target = _target(session, user_id)
+    password = generate_password()
+    set_password(session=session, username=target.username, password=password, actor=f"app:{actor.username}")
+    return password
+
+
+def add_user(*, session: Session, actor: User, username: str, role: str) -> tuple[User, str]:
+    """An admin creates an account; returns it with a generated password to show once."""
+    require_role(actor, "admin")
+    password = generate_password()
+    user = create_user(session=session, username=username, role=role, password=password, actor=f"app:{actor.username}")
+    return user, password
+
+
+def sso_user(*, session: Session, email: str) -> User | None:
+    """The active account named by an identity provider's verified e-mail, or None."""
+    if not email:
+        return None
+    user = session.scalar(select(User).where(func.lower(User.username) == email.strip().lower()))
+    return user if user is not None and user.active else None

@@ -1,11 +1,14 @@
 """What every page needs: the shared engine, the signed-in user, role checks."""
 from __future__ import annotations
 
+import uuid
+
 import streamlit as st
 from sqlalchemy import Engine
 
 from db.engine import engine_for, session_scope
 from db.models import User
+from feedback.render import inert_markdown
 from feedback.settings import get_settings
 
 
@@ -39,3 +42,64 @@ def require_page_role(*roles: str) -> User:
         st.error(f"This page needs the role {' or '.join(roles)}.")
         st.stop()
     return user
+
+
+def show_chat(messages: list[dict[str, str]]) -> None:
+    """The prompt as chat bubbles; contents are untrusted and go through inert_markdown."""
+    for message in messages:
+        with st.chat_message("user" if message["role"] == "user" else "assistant"
+                             if message["role"] == "assistant" else "ai"):
+            if message["role"] == "system":
+                st.caption("system prompt")
+            st.markdown(inert_markdown(message["content"]))
+
+
+def show_response(title: str, text: str) -> None:
+    with st.container(border=True):
+        st.markdown(f"**{title}**")
+        st.markdown(inert_markdown(text) if text.strip() else "_(empty response)_")
+
+
+def pool_note(*, open_for_me: int, refilling: bool) -> None:
+    if open_for_me:
+        return
+    if refilling:
+        st.info("Nothing left for you right now. New responses are being sampled; this page checks again shortly.")
+    else:
+        st.info("Nothing left for you to label. Thank you! An admin can sample more on the Data page.")
+
+
+def claim_or_wait(*, engine: Engine, user: User, kind: str, noun: str):
+    """The annotator's current item of `kind` (with progress shown above it), or None after
+    showing why there is none. Starts a refill when the pool runs low."""
+    from feedback import queue
+    from feedback.refill import maybe_refill, refill_running
+
+    waiting_key = f"waiting-{kind}"
+    with session_scope(engine) as s:
+        me = s.merge(user)
+        claim = queue.claim_next(session=s, user=me, kind=kind)
+        progress = queue.progress(session=s, user=me, kind=kind)
+        refilling = refill_running(session=s)
+    if claim is None or progress.open_for_me < 5:
+        refilling = bool(maybe_refill(engine=engine, database_url=get_settings().database_url)) or refilling
+    st.caption(f"You: {progress.today} today, {progress.total} in all · "
+               f"{progress.open_for_me + (claim is not None)} {noun} left for you")
+    # Poll (the fragment's run_every) only while waiting for new items; switching polling on or
+    # off needs a full rerun, since run_every is read when the page script runs.
+    if (claim is None) != st.session_state.get(waiting_key, False):
+        st.session_state[waiting_key] = claim is None
+        st.rerun()
+    if claim is None:
+        pool_note(open_for_me=0, refilling=refilling)
+        st.button("Check again")
+    return claim
+
+
+def poll_while_waiting(kind: str) -> str | None:
+    return "10s" if st.session_state.get(f"waiting-{kind}") else None
+
+
+def submission_id_for(assignment_id: int) -> str:
+    """One id per showing: a double click or a rerun submits the same id and writes one label."""
+    return st.session_state.setdefault(f"submission-{assignment_id}", uuid.uuid4().hex)

@@ -1,0 +1,60 @@
+"""Binary annotation: thumbs up or down on one response, with an optional critique."""
+import streamlit as st
+
+from db.engine import session_scope
+from feedback import queue
+from feedback.errors import UserError
+from pages.common import (
+    claim_or_wait,
+    get_engine,
+    poll_while_waiting,
+    require_page_role,
+    show_chat,
+    show_response,
+    submission_id_for,
+)
+
+user = require_page_role(*queue.ANNOTATING_ROLES)
+engine = get_engine()
+st.title("Rate a response")
+st.caption("Is this a good answer to the prompt? Thumbs up or down; S = skip")
+
+
+def submit(assignment_id: int, submission_id: str) -> None:
+    value = st.session_state.get(f"thumb-{assignment_id}")
+    if value is None:
+        return
+    try:
+        with session_scope(engine) as s:
+            queue.submit_binary(session=s, user=s.merge(user), assignment_id=assignment_id,
+                                submission_id=submission_id, thumb="up" if value == 1 else "down",
+                                rationale=st.session_state.get(f"critique-{assignment_id}"))
+    except UserError as exc:
+        st.session_state["annotate-error"] = str(exc)
+
+
+def skip(assignment_id: int) -> None:
+    with session_scope(engine) as s:
+        queue.skip(session=s, user=s.merge(user), assignment_id=assignment_id)
+
+
+@st.fragment(run_every=poll_while_waiting("single"))
+def rate() -> None:
+    if error := st.session_state.pop("annotate-error", None):
+        st.warning(error)
+    claim = claim_or_wait(engine=engine, user=user, kind="single", noun="responses")
+    if claim is None:
+        return
+    submission_id = submission_id_for(claim.assignment_id)
+    show_chat(claim.messages)
+    show_response("Response", claim.left)
+    # Write the critique first: choosing a thumb records the label at once.
+    st.text_area("Critique (optional, before you choose)", key=f"critique-{claim.assignment_id}", height=68)
+    c1, c2 = st.columns([1, 5])
+    with c1:
+        st.feedback("thumbs", key=f"thumb-{claim.assignment_id}", on_change=submit,
+                    args=(claim.assignment_id, submission_id))
+    c2.button("Skip", key=f"skip-{claim.assignment_id}", shortcut="S", on_click=skip, args=(claim.assignment_id,))
+
+
+rate()

@@ -1,0 +1,69 @@
+"""Pairwise annotation: which of two responses is better? The left/right order is random per
+showing and recorded; the vote widget is a fragment, so voting reruns only it."""
+import streamlit as st
+
+from db.engine import session_scope
+from feedback import queue
+from feedback.errors import UserError
+from pages.common import (
+    claim_or_wait,
+    get_engine,
+    poll_while_waiting,
+    require_page_role,
+    show_chat,
+    show_response,
+    submission_id_for,
+)
+
+user = require_page_role(*queue.ANNOTATING_ROLES)
+engine = get_engine()
+st.title("Compare responses")
+st.caption("Keys: 1 = A is better · 2 = B is better · 3 = tie · 4 = both bad · S = skip")
+
+CHOICES = [("left", "A is better", "1"), ("right", "B is better", "2"), ("tie", "Tie", "3"),
+           ("both_bad", "Both bad", "4")]
+
+
+def submit(assignment_id: int, submission_id: str, preferred: str) -> None:
+    strength = st.session_state.get(f"strength-{assignment_id}") if preferred in ("left", "right") else None
+    try:
+        with session_scope(engine) as s:
+            queue.submit_pairwise(session=s, user=s.merge(user), assignment_id=assignment_id,
+                                  submission_id=submission_id, preferred=preferred, strength=strength,
+                                  rationale=st.session_state.get(f"rationale-{assignment_id}"))
+    except UserError as exc:
+        st.session_state["annotate-error"] = str(exc)
+
+
+def skip(assignment_id: int) -> None:
+    with session_scope(engine) as s:
+        queue.skip(session=s, user=s.merge(user), assignment_id=assignment_id)
+
+
+@st.fragment(run_every=poll_while_waiting("pair"))
+def vote() -> None:
+    if error := st.session_state.pop("annotate-error", None):
+        st.warning(error)
+    claim = claim_or_wait(engine=engine, user=user, kind="pair", noun="pairs")
+    if claim is None:
+        return
+    submission_id = submission_id_for(claim.assignment_id)
+    show_chat(claim.messages)
+    left, right = st.columns(2)
+    with left:
+        show_response("Response A", claim.left)
+    with right:
+        show_response("Response B", claim.right or "")
+    st.segmented_control("How much better? (optional)", ["slight", "much"], key=f"strength-{claim.assignment_id}",
+                         format_func={"slight": "slightly", "much": "much better"}.get)
+    st.text_area("Why? (optional)", key=f"rationale-{claim.assignment_id}", height=68)
+    cols = st.columns(len(CHOICES) + 1)
+    for col, (value, label, key) in zip(cols, CHOICES):
+        col.button(label, key=f"{value}-{claim.assignment_id}", shortcut=key, width="stretch",
+                   type="primary" if value in ("left", "right") else "secondary",
+                   on_click=submit, args=(claim.assignment_id, submission_id, value))
+    cols[-1].button("Skip", key=f"skip-{claim.assignment_id}", shortcut="S", width="stretch",
+                    on_click=skip, args=(claim.assignment_id,))
+
+
+vote()

@@ -1,0 +1,155 @@
+"""AppTest on the real app: every page signed out and for each role, and the annotation pages'
+votes landing in the database as the right labels."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+from streamlit.testing.v1 import AppTest
+
+from db.engine import session_scope
+from db.models import Assignment, Item, Label, Prompt, QueueSettings, Response, User
+from feedback.policies import ensure_base_policy
+from feedback.prompts import canonical_messages, content_hash
+from feedback.settings import PROJECT_ROOT
+from feedback.users import create_user
+
+APP = str(PROJECT_ROOT / "app.py")
+PASSWORDS = {"ann": "annotator-pw", "rev": "reviewer-pw", "root": "admin-password"}
+# page -> (its title, the roles that may open it)
+PAGES = {
+    "pages/annotate_pairwise.py": ("Compare responses", ("annotator", "reviewer", "admin")),
+    "pages/annotate_binary.py": ("Rate a response", ("annotator", "reviewer", "admin")),
+    "pages/home.py": ("Preference data", ("annotator", "reviewer", "admin")),
+    "pages/labels.py": ("Recent labels", ("reviewer", "admin")),
+    "pages/data.py": ("Data", ("admin",)),
+    "pages/queue.py": ("Queue", ("admin",)),
+    "pages/users.py": ("Users", ("admin",)),
+}
+
+
+def opens(at: AppTest, page: str) -> bool:
+    """Whether navigating to `page` shows it. A page missing from the navigation either cannot
+    be switched to, or Streamlit shows the default page in its place."""
+    try:
+        at.switch_page(page)
+    except ValueError:
+        return False
+    at.run()
+    assert not at.exception, (page, at.exception)
+    return bool(at.title) and at.title[0].value == PAGES[page][0]
+
+
+@pytest.fixture
+def app_db(use_db, engine):
+    with session_scope(engine) as s:
+        v0 = ensure_base_policy(session=s)
+        for name, role in (("ann", "annotator"), ("rev", "reviewer"), ("root", "admin")):
+            create_user(session=s, username=name, role=role, password=PASSWORDS[name])
+        # Refills would start a real sampling worker; these tests bring their own items.
+        s.add(QueueSettings(id=1, overlap=1, refill_below=0))
+        for i in range(3):
+            messages = canonical_messages(f"Question {i}?", None)
+            prompt = Prompt(text=f"Question {i}?", messages=messages, content_hash=content_hash(messages), split="train")
+            s.add(prompt)
+            s.flush()
+            a = Response(prompt_id=prompt.id, policy_version_id=v0.id, text=f"first answer {i}", params={})
+            b = Response(prompt_id=prompt.id, policy_version_id=v0.id, text=f"second answer {i}", params={})
+            s.add_all([a, b])
+            s.flush()
+            s.add(Item(kind="pair", prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id))
+            s.add(Item(kind="single", prompt_id=prompt.id, response_a_id=a.id))
+    return engine
+
+
+def as_user(name: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    at.text_input[0].input(name)
+    at.text_input[1].input(PASSWORDS[name])
+    at.button[0].click().run()
+    assert "user_id" in at.session_state, [e.value for e in at.error]
+    return at
+
+
+def test_signed_out_every_page_is_unreachable(app_db):
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    assert not any(opens(at, page) for page in PAGES)
+    assert at.title[0].value == "Sign in"
+
+
+@pytest.mark.parametrize("name,role", [("ann", "annotator"), ("rev", "reviewer"), ("root", "admin")])
+def test_each_role_sees_exactly_its_pages(app_db, name, role):
+    at = as_user(name)
+    reachable = {page for page in PAGES if opens(at, page)}
+    assert reachable == {page for page, (_, roles) in PAGES.items() if role in roles}
+
+
+def test_pairwise_vote_records_the_shown_choice(app_db):
+    at = as_user("ann").switch_page("pages/annotate_pairwise.py").run()
+    texts = [m.value for m in at.markdown]
+    left_text = next(t for t in texts if "answer" in t)  # Response A, as shown on the left
+    at.text_area[0].input("clearer")
+    at.button(key=next(b.key for b in at.button if b.label == "A is better")).click().run()
+    assert not at.exception
+    with session_scope(app_db, read_only=True) as s:
+        label = s.scalar(select(Label))
+        item = s.get(Item, label.item_id)
+        chosen = item.response_a if label.choice == "a" else item.response_b
+        assert chosen.text == left_text
+        assert label.rationale == "clearer" and label.source == "human" and label.shown_order in ("ab", "ba")
+        assert s.scalar(select(User.username).where(User.id == label.user_id)) == "ann"
+    # The fragment moved on to the next pair.
+    assert "1 today" in at.caption[1].value or any("1 today" in c.value for c in at.caption)
+
+
+def test_pairwise_skip_and_empty_pool(app_db):
+    at = as_user("rev").switch_page("pages/annotate_pairwise.py").run()
+    for _ in range(3):
+        at.button(key=next(b.key for b in at.button if b.label == "Skip")).click().run()
+    assert any("Nothing left for you to label" in i.value for i in at.info)
+    with session_scope(app_db, read_only=True) as s:
+        assert s.scalar(select(func.count()).select_from(Label)) == 0
+        assert set(s.scalars(select(Assignment.status))) == {"skipped"}
+
+
+def test_binary_thumb_records_label_with_critique(app_db):
+    at = as_user("ann").switch_page("pages/annotate_binary.py").run()
+    at.text_area[0].input("too short")
+    at.feedback[0].set_value(0).run()  # 0 = thumbs down, 1 = thumbs up
+    assert not at.exception
+    with session_scope(app_db, read_only=True) as s:
+        label = s.scalar(select(Label))
+        assert (label.kind, label.thumb, label.rationale) == ("binary", "down", "too short")
+
+
+def test_admin_creates_user_and_changes_role(app_db):
+    at = as_user("root").switch_page("pages/users.py").run()
+    at.text_input[0].input("newbie")
+    next(b for b in at.button if b.label == "Create").click().run()
+    assert not at.exception
+    assert any("shown once" in m.value for m in at.success)
+    with session_scope(app_db, read_only=True) as s:
+        assert s.scalar(select(User.role).where(User.username == "newbie")) == "annotator"
+
+
+def test_admin_saves_queue_settings(app_db):
+    at = as_user("root").switch_page("pages/queue.py").run()
+    at.number_input[0].set_value(3)
+    at.text_input[0].input("math, demo")
+    next(b for b in at.button if b.label == "Save").click().run()
+    assert not at.exception
+    with session_scope(app_db, read_only=True) as s:
+        settings = s.get(QueueSettings, 1)
+        assert (settings.overlap, settings.prompt_tags) == (3, ["demo", "math"])
+
+
+def test_sign_in_is_rate_limited(app_db):
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    for _ in range(5):
+        at.text_input[0].input("ann")
+        at.text_input[1].input("wrong-password")
+        at.button[0].click().run()
+    at.text_input[0].input("ann")
+    at.text_input[1].input(PASSWORDS["ann"])
+    at.button[0].click().run()
+    assert "user_id" not in at.session_state
+    assert any("Too many failed sign-ins" in e.value for e in at.error)
