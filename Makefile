@@ -30,5 +30,6 @@ run: install
 test: install system-packages
 	REQUIRE_POSTGRES=1 $(PY) -m pytest
 
-bench: install
+bench: install system-packages
 	$(PY) bench/sampling.py
+	$(PY) bench/queue.py

@@ -21,6 +21,7 @@ else:
     if user.role == "admin":
         sections["Admin"] = [
             st.Page("pages/data.py", title="Data", icon=":material/database:"),
+            st.Page("pages/judge.py", title="AI judge", icon=":material/gavel:"),
             st.Page("pages/queue.py", title="Queue", icon=":material/queue:"),
             st.Page("pages/users.py", title="Users", icon=":material/group:"),
         ]

@@ -51,6 +51,7 @@ STRENGTHS = ("slight", "much")
 THUMB_VALUES = ("up", "down")
 SHOWN_ORDERS = ("ab", "ba")
 ASSIGNMENT_STATUSES = ("leased", "done", "skipped")
+JUDGMENT_OUTCOMES = ("a", "b", "tie", "inconsistent", "failed")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 
 
@@ -375,6 +376,37 @@ class SignInFailure(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Judgment(Base):
+    """One AI-judge decision on one item within one judge job: both orders' raw answers and the
+    outcome. It exists whether or not a label came of it (an inconsistent verdict is routed to
+    humans), so a resumed job never judges an item twice and flip rates can be measured."""
+
+    __tablename__ = "judgments"
+    __table_args__ = (
+        CheckConstraint(_in("outcome", JUDGMENT_OUTCOMES), name="outcome"),
+        UniqueConstraint("job_id", "item_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    constitution_id: Mapped[int] = mapped_column(ForeignKey("constitutions.id"), index=True)
+    backend: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(255))
+    template_version: Mapped[str] = mapped_column(String(32))
+    # 'a' / 'b' / 'tie' when both orders agree; 'inconsistent' when they do not; 'failed' when no
+    # parseable verdict came back after retries.
+    outcome: Mapped[str] = mapped_column(String(16))
+    verdict_ab: Mapped[str | None] = mapped_column(String(8))  # the winner with response_a shown first
+    verdict_ba: Mapped[str | None] = mapped_column(String(8))  # the winner with response_b shown first
+    raw: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    input_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    label_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class SnapshotLabel(Base):

@@ -11,6 +11,7 @@ from db.models import User
 from feedback.policies import ensure_base_policy
 from feedback.prompts import import_prompts
 from feedback.users import create_user, generate_password
+from judges.constitutions import ensure_shipped
 
 DEMO_PROMPTS = Path(__file__).resolve().parent / "data" / "demo_prompts.jsonl"
 ADMIN_USERNAME = "admin"
@@ -25,6 +26,7 @@ class SeedResult:
 def seed_demo(*, session: Session, with_prompts: bool = True) -> SeedResult:
     """Idempotent: a second run adds nothing and creates no second admin."""
     ensure_base_policy(session=session, actor="setup")
+    ensure_shipped(session=session)
     inserted = 0
     if with_prompts:
         inserted = import_prompts(session=session, path=DEMO_PROMPTS, source="demo").inserted

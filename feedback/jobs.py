@@ -30,7 +30,7 @@ STALE_AFTER = timedelta(seconds=60)
 LOG_TAIL_CHARS = 4000
 ACTIVE = ("queued", "running")
 # Secrets a worker of that kind does not need are removed from its environment.
-SECRET_ENV_VARS = ("ANTHROPIC_API_KEY",)
+SECRET_ENV_VARS = ("ANTHROPIC_API_KEY", "JUDGE_API_KEY")
 
 
 class Cancelled(Exception):
@@ -40,7 +40,7 @@ class Cancelled(Exception):
 # kind -> runner(engine=..., job=..., reporter=...) -> result dict. Modules register themselves
 # (feedback.sampling registers "sample"), so the worker never needs to know them all.
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {}
-RUNNER_MODULES = {"sample": "feedback.sampling"}
+RUNNER_MODULES = {"sample": "feedback.sampling", "judge": "judges.batch", "grade": "judges.grading"}
 
 
 def register(kind: str):
@@ -96,7 +96,7 @@ def list_jobs(*, session: Session, limit: int = 50, kind: str | None = None) -> 
 
 def child_env(kind: str) -> dict[str, str]:
     """The worker's environment: ours, minus secrets its kind does not use."""
-    keep = {"judge": {"ANTHROPIC_API_KEY"}}.get(kind, set())
+    keep = {"judge": {"ANTHROPIC_API_KEY", "JUDGE_API_KEY"}}.get(kind, set())
     env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV_VARS or k in keep}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     return env
@@ -186,5 +186,20 @@ def run_job(*, engine: Engine, job_id: int, listener: Callable[[int, int | None]
         reporter._stop.set()
     with session_scope(engine) as s:
         job = s.get(Job, job_id)
-        job.status, job.result, job.error, job.finished_at = status, result, error, utcnow()
+        job.status, job.error, job.finished_at = status, error, utcnow()
+        if result is not None:  # a failed run keeps the state it saved (e.g. a provider batch id)
+            job.result = result
+    return job
+
+
+def resume(*, session: Session, job_id: int, actor: str = "cli") -> Job:
+    """Queue an interrupted or failed job again; its runner skips the work it already stored."""
+    mark_stale(session=session)
+    job = session.get(Job, job_id)
+    if job is None:
+        raise UserError(f"No job {job_id}.")
+    if job.status not in ("interrupted", "failed"):
+        raise UserError(f"Job {job_id} is {job.status}; only interrupted or failed jobs can be resumed.")
+    job.status, job.cancel_requested, job.error, job.finished_at, job.pid = "queued", False, None, None, None
+    audit.record(session=session, actor=actor, action="job.resume", target=f"job:{job_id}")
     return job

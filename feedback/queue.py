@@ -147,9 +147,11 @@ def claim_next(*, session: Session, user: User, kind: str, now: datetime | None 
         query = query.order_by(Item.id).limit(1)
         if tried:
             query = query.where(Item.id.not_in(tried))
-        if postgres:
-            query = query.with_for_update(skip_locked=True, of=Item)
-        item_id = session.scalar(query)
+        item_id = session.scalar(query.with_for_update(skip_locked=True, of=Item) if postgres else query)
+        if item_id is None and postgres:
+            # SKIP LOCKED also hides items locked by claims in flight, which (overlap > 1) can still
+            # have a slot once those commit: wait for the lock rather than report an empty pool.
+            item_id = session.scalar(query.with_for_update(of=Item))
         if item_id is None:
             return None
         # Under the row lock, count again: this statement sees leases committed since the last one.
@@ -196,6 +198,10 @@ def _record(session: Session, user: User, assignment: Assignment, label: Label, 
     if assignment.status == "skipped":
         raise UserError("You skipped this item.")
     if assignment.expires_at <= now:
+        if session.get_bind().dialect.name == "postgresql":
+            # Lock the item as claim_next does: a claim of the freed slot that is in flight either
+            # commits before the count below (which then sees it) or skips this item.
+            session.execute(select(Item.id).where(Item.id == assignment.item_id).with_for_update())
         settings = get_queue_settings(session=session)
         others = session.scalar(
             select(func.count()).select_from(Assignment).where(

@@ -47,6 +47,16 @@ class Settings(BaseSettings):
         default=None,
         description="Anthropic API key for the AI judge. A secret: never logged, stored or passed to child processes.",
     )
+    judge_anthropic_model: str = Field(
+        default="claude-sonnet-4-6", description="Model the anthropic judge backend uses unless one is given."
+    )
+    judge_base_url: str | None = Field(
+        default=None, description="Base URL of an OpenAI-compatible judge server (the openai judge backend)."
+    )
+    judge_model: str | None = Field(default=None, description="Model name the OpenAI-compatible judge server serves.")
+    judge_api_key: SecretStr = Field(
+        default=SecretStr("EMPTY"), description="Key for the OpenAI-compatible judge server; a secret like ANTHROPIC_API_KEY."
+    )
     import_max_bytes: int = Field(
         default=50 * 1024 * 1024, description="Largest prompt file accepted by an import, in bytes."
     )

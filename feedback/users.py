@@ -118,7 +118,9 @@ def _target(session: Session, user_id: int) -> User:
 
 def _keep_an_admin(session: Session, target: User) -> None:
     """Refuse a change that would leave no active admin (nobody could manage users any more)."""
-    admins = session.scalar(select(func.count()).select_from(User).where(User.role == "admin", User.active))
+    # Lock the active admins' rows (Postgres; SQLite's BEGIN IMMEDIATE already serialises writers):
+    # otherwise two admins demoting each other at once both count two admins and leave none.
+    admins = len(session.scalars(select(User.id).where(User.role == "admin", User.active).with_for_update()).all())
     if target.role == "admin" and target.active and admins <= 1:
         raise UserError("This is the last active admin; make another admin first.")
 

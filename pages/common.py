@@ -103,3 +103,40 @@ def poll_while_waiting(kind: str) -> str | None:
 def submission_id_for(assignment_id: int) -> str:
     """One id per showing: a double click or a rerun submits the same id and writes one label."""
     return st.session_state.setdefault(f"submission-{assignment_id}", uuid.uuid4().hex)
+
+
+def _eta(job) -> str:
+    if job.status != "running" or not job.started_at or not job.progress_total or job.progress_done <= 0:
+        return ""
+    from db.models import utcnow
+
+    elapsed = (utcnow() - job.started_at).total_seconds()
+    left = elapsed / job.progress_done * (job.progress_total - job.progress_done)
+    return f" · about {int(left // 60)} min {int(left % 60)} s left"
+
+
+def job_progress_rows(*, engine: Engine, kind: str, user: User, unit: str, limit: int = 5) -> None:
+    """Recent jobs of `kind` with progress bars, ETA, results and cancel/resume buttons.
+    Meant to be called inside a polling fragment."""
+    from feedback import jobs
+
+    actor = f"app:{user.username}"
+    resumed = []
+    with session_scope(engine) as session:
+        recent = jobs.list_jobs(session=session, limit=limit, kind=kind)
+        for job in recent:
+            total = job.progress_total or 0
+            text = f"Job {job.id} · {job.status} · {job.progress_done}/{total or '?'} {unit}{_eta(job)}"
+            st.progress(min(1.0, job.progress_done / total) if total else 0.0, text=text)
+            if job.status == "succeeded" and job.result:
+                st.caption(", ".join(f"{k}: {v}" for k, v in job.result.items()))
+            if job.status in ("failed", "interrupted") and job.error:
+                st.code(job.error[-2000:], language=None)
+            if job.status in jobs.ACTIVE and st.button("Cancel", key=f"cancel-{job.id}"):
+                jobs.request_cancel(session=session, job_id=job.id, actor=actor)
+            if job.status in ("failed", "interrupted") and st.button("Resume", key=f"resume-{job.id}"):
+                resumed.append(jobs.resume(session=session, job_id=job.id, actor=actor))
+        if not recent:
+            st.caption(f"No {kind} jobs yet.")
+    for job in resumed:  # after the commit, so the worker finds the job queued
+        jobs.start_detached(job=job, database_url=get_settings().database_url)

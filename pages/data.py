@@ -16,7 +16,7 @@ from feedback.prompts import import_prompt_file_bytes
 from feedback.sampling import SamplingConfig
 from feedback.settings import get_settings
 from feedback.users import require_role
-from pages.common import get_engine, require_page_role
+from pages.common import get_engine, job_progress_rows, require_page_role
 
 user = require_page_role("admin")
 engine = get_engine()
@@ -106,21 +106,7 @@ with tab_sample:
 
     @st.fragment(run_every="2s")
     def job_progress() -> None:
-        with session_scope(engine) as session:
-            recent = jobs.list_jobs(session=session, limit=5, kind="sample")
-            for job in recent:
-                total = job.progress_total or 0
-                label = f"Job {job.id} · {job.status} · {job.progress_done}/{total or '?'} prompts"
-                st.progress(job.progress_done / total if total else 0.0, text=label)
-                if job.status == "succeeded" and job.result:
-                    st.caption(f"{job.result['responses']} responses, {job.result['pairs']} pairs, "
-                               f"{job.result['singles']} singles")
-                if job.status == "failed" and job.error:
-                    st.code(job.error[-2000:], language=None)
-                if job.status in jobs.ACTIVE and st.button("Cancel", key=f"cancel-{job.id}"):
-                    jobs.request_cancel(session=session, job_id=job.id, actor=f"app:{user.username}")
-        if not recent:
-            st.caption("No sampling jobs yet.")
+        job_progress_rows(engine=engine, kind="sample", user=user, unit="prompts")
 
     job_progress()
 

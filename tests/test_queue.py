@@ -545,7 +545,8 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin(engine):
 
 # --- role matrix --------------------------------------------------------------------------------
 
-ALL_ACTIONS = ("claim_next", "submit_pairwise", "submit_binary", "skip", "recent_labels",
+# In this order: claim_next comes after submit/skip have used up the leases made in the setup.
+ALL_ACTIONS = ("submit_pairwise", "submit_binary", "skip", "claim_next", "recent_labels",
                "update_queue_settings", "list_users", "add_user", "set_role", "set_active", "reset_password")
 ANNOTATE = {"claim_next", "submit_pairwise", "submit_binary", "skip"}
 ALLOWED = {

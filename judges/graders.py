@@ -1,0 +1,585 @@
+"""Programmatic graders in the style of OpenAI's RFT graders: each scores an answer against a
+reference answer with a float in [0, 1].
+
+A grader is named by a spec string, for example
+
+    exact | normalized | numeric | numeric:tol=0.01 | regex:^(yes|no)\\b
+    similarity | similarity:metric=ratio|token_set|bleu|chrf
+    python:/path/to/grader.py | python:/path/to/grader.py;timeout=2;memory_mb=256
+    multi:0.7*numeric+0.3*similarity
+
+`parse_grader(spec)` builds one through the `GRADERS` registry; `register_grader(name)` adds to
+it, and plugins and test fakes go through that same path. A grader's `spec` is canonical
+(defaults left out, paths absolute, formulas re-printed) because it becomes the label producer
+`grader:<spec>`: two spellings of one grader must not label the same item twice.
+
+Failures: a grader that cannot score an answer raises `GraderError` (a UserError) instead of
+returning 0. A 0 would be stored as a real label (a pair would become a tie), trained on, and
+never revisited, because grading skips items that already have a label from the grader; an
+error leaves the item unlabelled and says why. An answer with no number at all still gets 0
+from `numeric`: that is a wrong answer, not a failure of the grader.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import logging
+import math
+import numbers
+import os
+import re
+import resource
+import signal
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import unicodedata
+from collections.abc import Callable
+from functools import cache, partial
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from feedback.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class GraderError(UserError):
+    """A grader could not score this answer (its code failed, timed out, returned a non-score)."""
+
+
+@runtime_checkable
+class Grader(Protocol):
+    name: str  # the registry name, e.g. "numeric"
+    spec: str  # the canonical spec string; parse_grader(spec) recreates the grader
+
+    def grade(self, answer: str, reference: str) -> float:
+        """A score in [0, 1]; raises GraderError when it cannot tell."""
+        ...
+
+
+# --- registry --------------------------------------------------------------------------------
+
+# name -> factory(arg) where arg is the text after "name:" ("" when there is none).
+GraderFactory = Callable[[str], Grader]
+GRADERS: dict[str, GraderFactory] = {}
+
+# Names are identifiers because multi formulas refer to graders by name.
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def register_grader(name: str):
+    """Register `factory(arg: str) -> Grader` under `name` (a later registration replaces it)."""
+    if not _NAME_RE.match(name):
+        raise ValueError(f"grader name {name!r} must be an identifier (multi formulas use it)")
+
+    def deco(factory: GraderFactory) -> GraderFactory:
+        GRADERS[name] = factory
+        return factory
+
+    return deco
+
+
+def parse_grader(spec: str) -> Grader:
+    """The grader a spec string names, e.g. 'numeric:tol=0.01'. Bad specs raise UserError."""
+    name, _, arg = spec.partition(":")
+    name = name.strip()
+    factory = GRADERS.get(name)
+    if factory is None:
+        raise UserError(f"Unknown grader {name!r}; known graders: {', '.join(sorted(GRADERS))}.")
+    return factory(arg)
+
+
+def _options(arg: str, allowed: dict[str, Callable[[str], Any]], grader: str) -> dict[str, Any]:
+    """'key=value;key=value' -> {key: parsed value}; unknown keys and bad values are UserErrors."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in arg.split(";"))):
+        key, sep, value = (s.strip() for s in part.partition("="))
+        if not sep or key not in allowed:
+            raise UserError(f"{grader}: unknown option {part!r}; options are {', '.join(allowed) or 'none'}.")
+        try:
+            out[key] = allowed[key](value)
+        except ValueError as exc:
+            raise UserError(f"{grader}: bad value {value!r} for {key}: {exc}") from exc
+    return out
+
+
+def _no_options(arg: str, grader: str) -> None:
+    if arg.strip():
+        raise UserError(f"{grader} takes no options (got {arg!r}).")
+
+
+# --- string checks ---------------------------------------------------------------------------
+
+
+class ExactGrader:
+    """1 if the answer equals the reference. Outer whitespace is ignored: a trailing newline is
+    an artefact of generation, not part of the answer."""
+
+    name: ClassVar[str] = "exact"
+    spec = "exact"
+
+    def grade(self, answer: str, reference: str) -> float:
+        return float(answer.strip() == reference.strip())
+
+
+# SQuAD's answer normalisation, with casefold and Unicode punctuation on top.
+_ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
+_ASCII_PUNCT = frozenset(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    text = text.casefold()
+    text = "".join(ch for ch in text if ch not in _ASCII_PUNCT and not unicodedata.category(ch).startswith("P"))
+    text = _ARTICLES_RE.sub(" ", text)
+    return " ".join(text.split())
+
+
+class NormalizedGrader:
+    """1 if answer and reference are equal after SQuAD-style normalisation."""
+
+    name: ClassVar[str] = "normalized"
+    spec = "normalized"
+
+    def grade(self, answer: str, reference: str) -> float:
+        return float(normalize_answer(answer) == normalize_answer(reference))
+
+
+class RegexGrader:
+    """1 if the pattern is found anywhere in the answer (re.search); the reference is unused.
+    Flags go inline, e.g. 'regex:(?i)^yes'."""
+
+    name: ClassVar[str] = "regex"
+
+    def __init__(self, pattern: str):
+        if not pattern:
+            raise UserError("regex needs a pattern, e.g. 'regex:^(yes|no)\\b'.")
+        try:
+            self._compiled = re.compile(pattern)
+        except re.error as exc:
+            raise UserError(f"regex: invalid pattern {pattern!r}: {exc}") from exc
+        self.pattern = pattern
+        self.spec = f"regex:{pattern}"
+
+    def grade(self, answer: str, reference: str) -> float:
+        return float(self._compiled.search(answer) is not None)
+
+
+@register_grader("exact")
+def _exact(arg: str) -> ExactGrader:
+    _no_options(arg, "exact")
+    return ExactGrader()
+
+
+@register_grader("normalized")
+def _normalized(arg: str) -> NormalizedGrader:
+    _no_options(arg, "normalized")
+    return NormalizedGrader()
+
+
+register_grader("regex")(RegexGrader)  # the whole text after "regex:" is the pattern
+
+
+# --- numbers ---------------------------------------------------------------------------------
+
+# 1,234.5 | 1234.5 | .5 | 1e-05, unsigned; the sign is matched separately so that "5-3" reads
+# as 5 and 3, not 5 and -3 (a sign glued to a preceding word or digit is an operator).
+_UNSIGNED = r"(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?"
+_NUMBER_RE = re.compile(
+    rf"(?<![\w.])(?P<sign>[-+]?)(?P<num>{_UNSIGNED})(?:\s*/\s*(?P<den>{_UNSIGNED}))?"
+)
+# Where a final answer is announced, most explicit first: GSM8K's "#### 42", MATH's \boxed{42},
+# then "the answer is 42" / "Answer: 42". The last announcement wins (models restate answers).
+_FINAL_ANSWER_RES = (
+    re.compile(r"####(?P<tail>[^\n]*)"),
+    re.compile(r"\\boxed\{(?P<tail>[^{}]*)\}"),
+    re.compile(r"answer\s*(?:is|:|=)(?P<tail>[^\n]*)", re.IGNORECASE),
+)
+
+
+def _number_values(text: str) -> list[float]:
+    values = []
+    for m in _NUMBER_RE.finditer(text.replace("\u2212", "-")):  # U+2212 is the typographic minus
+        value = float(m["num"].replace(",", ""))
+        if m["den"] is not None:
+            denominator = float(m["den"].replace(",", ""))
+            if denominator == 0:
+                continue
+            value /= denominator
+        values.append(-value if m["sign"] == "-" else value)
+    return values
+
+
+def extract_number(text: str) -> float | None:
+    """The final numeric answer in `text`: after the last '####', in the last \\boxed{},
+    after the last 'answer is', else the last number anywhere; None if there is none.
+    Handles 1,234 thousands separators, signs, decimals, exponents and fractions like 3/4."""
+    for pattern in _FINAL_ANSWER_RES:
+        announcements = list(pattern.finditer(text))
+        if announcements:
+            values = _number_values(announcements[-1]["tail"])
+            if values:
+                return values[0]
+    values = _number_values(text)
+    return values[-1] if values else None
+
+
+class NumericGrader:
+    """1 if the answer's final number equals the reference's within `tol`, relative or absolute
+    (|a - r| <= tol or |a - r| <= tol * max(|a|, |r|)); 0 if the answer has no number."""
+
+    name: ClassVar[str] = "numeric"
+    DEFAULT_TOL = 1e-6  # absorbs float noise (0.1 + 0.2) without accepting a different answer
+
+    def __init__(self, tol: float = DEFAULT_TOL):
+        if not (math.isfinite(tol) and tol >= 0):
+            raise UserError(f"numeric: tol must be a finite number >= 0, got {tol!r}.")
+        self.tol = tol
+        self.spec = "numeric" if tol == self.DEFAULT_TOL else f"numeric:tol={tol!r}"
+
+    def grade(self, answer: str, reference: str) -> float:
+        expected = extract_number(reference)
+        if expected is None:
+            raise GraderError(f"numeric: the reference has no number: {reference[:80]!r}")
+        got = extract_number(answer)
+        if got is None:
+            return 0.0
+        return float(math.isclose(got, expected, rel_tol=self.tol, abs_tol=self.tol))
+
+
+@register_grader("numeric")
+def _numeric(arg: str) -> NumericGrader:
+    return NumericGrader(**_options(arg, {"tol": float}, "numeric"))
+
+
+# --- text similarity -------------------------------------------------------------------------
+
+
+@cache
+def _sacrebleu_metric(kind: str):
+    from sacrebleu.metrics import BLEU, CHRF  # imported on first use: only these metrics need it
+
+    # effective_order: a short sentence without 4-gram matches is not automatically 0.
+    return BLEU(effective_order=True) if kind == "bleu" else CHRF()
+
+
+def _ratio(answer: str, reference: str) -> float:
+    from rapidfuzz import fuzz
+
+    return fuzz.ratio(answer, reference) / 100
+
+
+def _token_set(answer: str, reference: str) -> float:
+    from rapidfuzz import fuzz
+
+    return fuzz.token_set_ratio(answer, reference) / 100
+
+
+def _bleu(answer: str, reference: str) -> float:
+    return _sacrebleu_metric("bleu").sentence_score(answer, [reference]).score / 100
+
+
+def _chrf(answer: str, reference: str) -> float:
+    return _sacrebleu_metric("chrf").sentence_score(answer, [reference]).score / 100
+
+
+SIMILARITY_METRICS: dict[str, Callable[[str, str], float]] = {
+    "ratio": _ratio, "token_set": _token_set, "bleu": _bleu, "chrf": _chrf,
+}
+
+
+class SimilarityGrader:
+    """Graded text similarity: rapidfuzz ratio / token_set_ratio, or sacrebleu sentence BLEU /
+    chrF, each divided by 100 (and clipped: BLEU can come out at 100.00000000000004)."""
+
+    name: ClassVar[str] = "similarity"
+    DEFAULT_METRIC = "ratio"  # what OpenAI calls fuzzy_match
+
+    def __init__(self, metric: str = DEFAULT_METRIC):
+        if metric not in SIMILARITY_METRICS:
+            raise UserError(f"similarity: metric must be one of {', '.join(SIMILARITY_METRICS)}, got {metric!r}.")
+        self.metric = metric
+        self._score = SIMILARITY_METRICS[metric]
+        self.spec = "similarity" if metric == self.DEFAULT_METRIC else f"similarity:metric={metric}"
+
+    def grade(self, answer: str, reference: str) -> float:
+        return min(1.0, max(0.0, self._score(answer, reference)))
+
+
+@register_grader("similarity")
+def _similarity(arg: str) -> SimilarityGrader:
+    return SimilarityGrader(**_options(arg, {"metric": str}, "similarity"))
+
+
+# --- python: user code in a locked-down child process ----------------------------------------
+
+RUNNER = Path(__file__).with_name("python_grader_runner.py")
+MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # the child cannot write more than this to a file (RLIMIT_FSIZE)
+CHILD_ENV_KEEP = ("PATH", "LANG")  # nothing else: no API keys, no DATABASE_URL with a password
+
+
+def _limit_child(memory_bytes: int, file_bytes: int) -> None:
+    # Runs in the forked child just before exec (preexec_fn), so the limits hold from the
+    # interpreter's first instruction. Only setrlimit calls: nothing that could take a lock
+    # another parent thread (the job heartbeat) held at fork time.
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _within_hard_limit(kind: int, wanted: int) -> int:
+    hard = resource.getrlimit(kind)[1]
+    return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+
+
+def _wait_unreaped(pid: int, timeout: float) -> bool:
+    """Wait up to `timeout` s for child `pid` to exit, without reaping it. True if it exited.
+
+    While it is an unreaped zombie its pid (which is also its process group id, as it leads a
+    new session) cannot be reused, so killing the group afterwards can only hit its own
+    leftovers, never an unrelated process that inherited the number."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.02)
+    return True
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # already gone
+
+
+def _bound_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+class PythonGrader:
+    """A file defining `grade(answer, reference) -> float`, run in a fresh child process per
+    call: wall-time limit (the whole process group is killed), address-space limit, an
+    environment of PATH and LANG only, an empty temporary working directory, JSON over
+    stdin/stdout (see python_grader_runner.py). Failures of any kind raise GraderError.
+
+    The source is read (and syntax-checked, without running it) when the grader is built; every
+    call runs that snapshot, so `source_sha256` in the label provenance is what actually ran.
+    One interpreter start per call costs ~30-50 ms.
+    """
+
+    name: ClassVar[str] = "python"
+    DEFAULT_TIMEOUT_S = 5.0
+    DEFAULT_MEMORY_MB = 512
+
+    def __init__(self, path: str | Path, timeout: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB):
+        if not str(path).strip():
+            raise UserError("python needs a file, e.g. 'python:graders/mine.py;timeout=2'.")
+        if not (0 < timeout <= 3600):
+            raise UserError(f"python: timeout must be in (0, 3600] seconds, got {timeout!r}.")
+        if not (64 <= memory_mb <= 1 << 20):
+            raise UserError(f"python: memory_mb must be between 64 and 1048576, got {memory_mb!r}.")
+        self.path = Path(path).expanduser().resolve()
+        try:
+            self.source = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"python: cannot read grader file {self.path}: {exc}") from exc
+        try:
+            tree = ast.parse(self.source, filename=str(self.path))
+        except SyntaxError as exc:
+            raise UserError(f"python: {self.path.name} line {exc.lineno}: {exc.msg}") from exc
+        if "grade" not in _bound_names(tree):
+            raise UserError(f"python: {self.path.name} defines no top-level grade(answer, reference).")
+        self.timeout, self.memory_mb = timeout, memory_mb
+        self.source_sha256 = hashlib.sha256(self.source.encode("utf-8")).hexdigest()
+        self.spec = f"python:{self.path}"
+        if timeout != self.DEFAULT_TIMEOUT_S:
+            self.spec += f";timeout={timeout:g}"
+        if memory_mb != self.DEFAULT_MEMORY_MB:
+            self.spec += f";memory_mb={memory_mb}"
+
+    def describe(self) -> dict[str, Any]:
+        return {"source_sha256": self.source_sha256}
+
+    def _fail(self, why: str) -> GraderError:
+        return GraderError(f"python grader {self.path.name}: {why}")
+
+    def grade(self, answer: str, reference: str) -> float:
+        request = json.dumps({"source": self.source, "path": str(self.path), "answer": answer, "reference": reference})
+        env = {k: os.environ[k] for k in CHILD_ENV_KEEP if k in os.environ}
+        limits = partial(_limit_child, _within_hard_limit(resource.RLIMIT_AS, self.memory_mb * 1024 * 1024),
+                         _within_hard_limit(resource.RLIMIT_FSIZE, MAX_OUTPUT_BYTES))
+        # Files rather than pipes: nothing can block on a full pipe, and a grandchild that keeps
+        # an inherited descriptor open cannot make us wait past the deadline.
+        with tempfile.TemporaryDirectory(prefix="grader-") as workdir, tempfile.TemporaryFile() as stdin, \
+                tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+            stdin.write(request.encode("ascii"))  # json.dumps escapes non-ASCII: locale-proof
+            stdin.seek(0)
+            proc = subprocess.Popen(
+                [sys.executable, "-I", str(RUNNER)], stdin=stdin, stdout=stdout, stderr=stderr,
+                cwd=workdir, env=env, close_fds=True, start_new_session=True,
+                preexec_fn=limits,  # noqa: PLW1509 - only setrlimit runs there; see _limit_child
+            )
+            try:
+                finished = _wait_unreaped(proc.pid, self.timeout)
+            finally:
+                _kill_group(proc.pid)  # the child on timeout, and anything it left running in any case
+                proc.wait()
+            stdout.seek(0)
+            out = stdout.read(MAX_OUTPUT_BYTES)
+            stderr.seek(max(0, stderr.seek(0, os.SEEK_END) - 2000))
+            err_tail = stderr.read().decode("utf-8", "replace").strip()
+        if not finished:
+            raise self._fail(f"timed out after {self.timeout:g} s")
+        return self._score_from_reply(out, proc.returncode, err_tail)
+
+    def _score_from_reply(self, out: bytes, returncode: int, err_tail: str) -> float:
+        try:
+            reply = json.loads(out.decode("utf-8").strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            reply = None
+        if not isinstance(reply, dict):
+            if returncode < 0:
+                signame = signal.Signals(-returncode).name
+                hint = f" (memory limit {self.memory_mb} MB?)" if signame in ("SIGSEGV", "SIGKILL", "SIGABRT") else ""
+                raise self._fail(f"killed by {signame}{hint}")
+            raise self._fail(f"exited with code {returncode} without a result{': ' + err_tail if err_tail else ''}")
+        if reply.get("memory"):
+            raise self._fail(f"ran out of memory (limit {self.memory_mb} MB)")
+        if "error" in reply:
+            raise self._fail(str(reply["error"]))
+        score = reply.get("score")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise self._fail(f"grade() returned {score!r}, not a finite number")
+        if not 0.0 <= score <= 1.0:
+            raise self._fail(f"grade() returned {score!r}, outside [0, 1]")
+        return float(score)
+
+
+@register_grader("python")
+def _python(arg: str) -> PythonGrader:
+    path, _, rest = arg.partition(";")
+    return PythonGrader(path.strip(), **_options(rest, {"timeout": float, "memory_mb": int}, "python"))
+
+
+# --- multi: a formula over other graders -----------------------------------------------------
+
+MULTI_FUNCTIONS = {"min": min, "max": max, "abs": abs}
+
+
+class MultiGrader:
+    """A formula over other graders' scores, by registry name, e.g. '0.7*numeric+0.3*similarity'.
+    Each named grader runs with its defaults. Evaluated by simpleeval (arithmetic, comparisons,
+    min/max/abs; no attributes, no calls beyond those); the result is clipped to [0, 1]."""
+
+    name: ClassVar[str] = "multi"
+
+    def __init__(self, formula: str):
+        try:
+            tree = ast.parse(formula.strip(), mode="eval")
+        except SyntaxError as exc:
+            raise UserError(f"multi: cannot parse formula {formula!r}: {exc.msg}") from exc
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - set(MULTI_FUNCTIONS)
+        if not names:
+            raise UserError("multi: the formula uses no grader, e.g. 'multi:0.7*numeric+0.3*similarity'.")
+        if "multi" in names:
+            raise UserError("multi: formulas cannot nest multi.")
+        unknown = sorted(names - set(GRADERS))
+        if unknown:
+            raise UserError(f"multi: unknown grader(s) {', '.join(unknown)}; known: {', '.join(sorted(GRADERS))}.")
+        self.parts: dict[str, Grader] = {name: parse_grader(name) for name in sorted(names)}
+        # Re-printed from the syntax tree so that spacing differences make the same spec.
+        self.formula = ast.unparse(tree)
+        self.spec = f"multi:{self.formula}"
+        self._parsed = None
+        # A dry run catches what simpleeval refuses (attributes, strings, unknown calls) now, not mid-job.
+        self._combine({name: 0.5 for name in self.parts})
+
+    def describe(self) -> dict[str, Any]:
+        return {"parts": {name: grader.spec for name, grader in self.parts.items()}}
+
+    def _combine(self, scores: dict[str, float]) -> float:
+        from simpleeval import SimpleEval
+
+        evaluator = SimpleEval(names=scores, functions=MULTI_FUNCTIONS)
+        try:
+            if self._parsed is None:
+                self._parsed = evaluator.parse(self.formula)
+            value = evaluator.eval(self.formula, previously_parsed=self._parsed)
+        except Exception as exc:  # anything the formula does wrong is the formula's fault
+            raise GraderError(f"multi: cannot evaluate {self.formula!r}: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise GraderError(f"multi: {self.formula!r} gave {value!r}, not a finite number")
+        return min(1.0, max(0.0, float(value)))
+
+    def grade(self, answer: str, reference: str) -> float:
+        return self._combine({name: grader.grade(answer, reference) for name, grader in self.parts.items()})
+
+
+register_grader("multi")(MultiGrader)
+
+
+# --- TRL reward functions --------------------------------------------------------------------
+
+
+def completion_text(completion: Any) -> str:
+    """The answer in a TRL completion: a string, or a conversational list of messages whose last
+    assistant message holds it (content may be a string or a list of {'type': 'text'} parts)."""
+    if isinstance(completion, str):
+        return completion
+    messages = [completion] if isinstance(completion, dict) else list(completion or [])
+    answers = [m for m in messages if isinstance(m, dict) and m.get("role", "assistant") == "assistant"]
+    if not answers:
+        return ""
+    content = answers[-1].get("content") or ""
+    if isinstance(content, list):
+        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return str(content)
+
+
+def as_reward_func(grader: Grader, *, on_error: float | None = 0.0) -> Callable[..., list[float | None]]:
+    """A TRL GRPOTrainer/RLOOTrainer reward function scoring each completion against the
+    dataset's `reference` column.
+
+    A completion the grader cannot score (GraderError), or a row without a reference, gets
+    `on_error`: 0.0 by default, or None, which TRL treats as "not applicable" for that sample.
+    A run must not die on one odd completion; each failure is logged so a broken grader shows.
+    """
+
+    def reward(prompts: list[Any], completions: list[Any], reference: list[str | None] | None = None,
+               **kwargs: Any) -> list[float | None]:
+        if reference is None:
+            raise UserError(f"{reward.__name__} needs a 'reference' column in the training dataset.")
+        if len(reference) != len(completions):
+            raise UserError(f"{reward.__name__}: {len(completions)} completions but {len(reference)} references.")
+        scores: list[float | None] = []
+        for completion, ref in zip(completions, reference):
+            if ref is None:
+                scores.append(on_error)
+                continue
+            try:
+                scores.append(grader.grade(completion_text(completion), str(ref)))
+            except GraderError as exc:
+                log.warning("%s: %s", reward.__name__, exc)
+                scores.append(on_error)
+        return scores
+
+    # TRL logs each reward under its function's name (rewards/grader_numeric/mean).
+    reward.__name__ = reward.__qualname__ = f"grader_{grader.name}"
+    reward.grader = grader  # type: ignore[attr-defined]
+    return reward

@@ -1,0 +1,110 @@
+"""Admin: AI judge. Edit constitutions (each edit is a new version), launch judge batches as
+background jobs and watch them, and see how far the judge agrees with people."""
+from dataclasses import asdict
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy import select
+
+from db.engine import session_scope
+from db.models import Judgment
+from feedback import jobs
+from feedback.errors import UserError
+from feedback.settings import get_settings
+from feedback.users import require_role
+from judges import calibration
+from judges.backends import backend_names
+from judges.batch import JudgeConfig
+from judges.constitutions import ensure_shipped, list_constitutions, save_constitution
+from pages.common import get_engine, job_progress_rows, require_page_role
+
+me = require_page_role("admin")
+engine = get_engine()
+st.title("AI judge")
+
+with session_scope(engine) as s:
+    ensure_shipped(session=s)
+    constitutions = list_constitutions(session=s)
+latest = {}
+for c in constitutions:
+    latest[c.name] = c  # ordered by version: the last one wins
+
+tab_run, tab_constitutions, tab_calibration = st.tabs(["Run a batch", "Constitutions", "Calibration"])
+
+with tab_constitutions:
+    name = st.selectbox("Constitution", list(latest), key="edit_constitution")
+    current = latest[name]
+    st.caption(f"Version {current.version} · hash {current.content_hash[:12]}")
+    edited = st.text_area("Principles, one per line", "\n".join(current.principles), height=180,
+                          key=f"principles-{current.id}")
+    new_name = st.text_input("Save as (a new name starts a new constitution)", name)
+    if st.button("Save a new version", type="primary"):
+        try:
+            with session_scope(engine) as s:
+                saved = save_constitution(session=s, name=new_name, principles=edited.splitlines(), user=s.merge(me))
+                label = f"{saved.name} v{saved.version}"
+            st.success(f"Saved {label}.")
+        except UserError as exc:
+            st.error(str(exc))
+    st.dataframe(pd.DataFrame([{"name": c.name, "version": c.version, "principles": len(c.principles),
+                                "hash": c.content_hash[:12], "created": c.created_at} for c in constitutions]),
+                 hide_index=True, width="stretch")
+
+with tab_run:
+    with st.form("judge"):
+        c1, c2, c3 = st.columns(3)
+        constitution = c1.selectbox("Constitution", list(latest))
+        backend = c2.selectbox("Backend", backend_names(), index=backend_names().index("local"))
+        model = c3.text_input("Model (empty: the backend's default)")
+        c1, c2, c3 = st.columns(3)
+        mode = c1.selectbox("Principles", ["sample", "all"], format_func={
+            "sample": "one sampled per pair", "all": "every principle, majority"}.get)
+        selection = c2.selectbox("Pairs", ["unlabelled", "disputed", "calibration"], format_func={
+            "unlabelled": "not labelled yet", "disputed": "humans disagree",
+            "calibration": "sample of human-labelled (calibration)"}.get)
+        disagreement = c3.selectbox("When the two orders disagree", ["escalate", "tie"], format_func={
+            "escalate": "leave the pair to humans", "tie": "label a tie"}.get)
+        c1, c2, c3, c4 = st.columns(4)
+        max_items = c1.number_input("Most pairs", 1, 100_000, 20)
+        max_cost = c2.number_input("Budget in USD (0: none)", 0.0, 10_000.0, 0.0)
+        concurrency = c3.number_input("Concurrency", 1, 64, 4)
+        batch_api = c4.checkbox("Batch API (cheaper, slower)")
+        start = st.form_submit_button("Start judging", type="primary")
+    if start:
+        try:
+            config = JudgeConfig(constitution=constitution, backend=backend, model=model or None, mode=mode,
+                                 selection=selection, on_disagreement=disagreement, max_items=int(max_items),
+                                 max_cost_usd=max_cost or None, concurrency=int(concurrency), batch_api=batch_api)
+            with session_scope(engine) as s:
+                require_role(s.merge(me), "admin")
+                job = jobs.create_job(session=s, kind="judge", config=asdict(config), created_by_id=me.id,
+                                      actor=f"app:{me.username}")
+            jobs.start_detached(job=job, database_url=get_settings().database_url)
+            st.toast(f"Judge job {job.id} started")
+        except UserError as exc:
+            st.error(str(exc))
+
+    @st.fragment(run_every="2s")
+    def judge_jobs() -> None:
+        job_progress_rows(engine=engine, kind="judge", user=me, unit="pairs")
+
+    judge_jobs()
+
+    with session_scope(engine, read_only=True) as s:
+        recent = s.scalars(select(Judgment).order_by(Judgment.id.desc()).limit(100)).all()
+        st.subheader("Recent judgments")
+        st.dataframe(pd.DataFrame([{"job": j.job_id, "item": j.item_id, "outcome": j.outcome, "A first": j.verdict_ab,
+                                    "B first": j.verdict_ba, "model": j.model, "tokens": (j.input_tokens or 0) + (j.output_tokens or 0),
+                                    "cost_usd": j.cost_usd} for j in recent]), hide_index=True, width="stretch")
+
+with tab_calibration:
+    with session_scope(engine, read_only=True) as s:
+        report = calibration.judge_report(session=s)
+        humans = calibration.human_agreement(session=s)
+    st.subheader("Judge, per constitution version")
+    st.caption("Agreement and Cohen's kappa against the human majority on pairs both labelled; the flip rate is "
+               "the share of judgments whose two orders disagreed; longer-wins is how often the longer response won.")
+    st.dataframe(pd.DataFrame(report), hide_index=True, width="stretch")
+    st.subheader("Humans among themselves")
+    alpha = "n/a (needs 2+ annotators on 2+ shared pairs)" if humans["alpha"] is None else f"{humans['alpha']:.3f}"
+    st.write(f"Krippendorff's alpha (nominal): {alpha} over {humans['items']} pairs and {humans['annotators']} annotators.")

@@ -1,0 +1,354 @@
+"""Browser tests: the real app (`streamlit run app.py`) in headless Chromium, one test per user
+journey. The app runs against a throw-away SQLite database seeded through the ORM; refills are
+off (refill_below=0), so no sampling worker starts and no model is loaded."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from db.engine import make_engine, session_scope
+from db.migrate import upgrade
+from db.models import Assignment, Item, Label, Prompt, QueueSettings, Response, User, utcnow
+from feedback.policies import ensure_base_policy
+from feedback.prompts import canonical_messages, content_hash
+from feedback.settings import PROJECT_ROOT
+from feedback.users import create_user
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+expect = playwright_sync.expect
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SHOTS = Path("/tmp/shots")
+PASSWORDS = {"ann": "annotator-pw", "root": "admin-password", "eve": "fresh-annotator-pw"}
+TIMEOUT_MS = 15_000
+
+# Four ordinary pairs and two single responses, with texts the test can find on the page.
+PAIRS = [(f"Browser question {i}?", f"alpha answer {i}", f"beta answer {i}") for i in range(4)]
+SINGLES = [(f"Single question {i}?", f"lone answer {i}") for i in range(2)]
+XSS_PROMPT = "Is <b>bold?</b> safe?"
+XSS_A = "Hello <script>window.__xss=1</script> and <img src=x onerror=\"window.__xss=2\"> done."
+XSS_B = ("See ![pixel](http://127.0.0.1:9/tracker.png) and [click me](javascript:window.__xss=3) "
+         "and http://127.0.0.1:9/bare and www.example.test too.")
+
+if not Path(CHROMIUM).exists():
+    pytestmark = pytest.mark.skip(reason=f"{CHROMIUM} not installed (scripts/system-packages.sh)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prompt(session, text: str) -> Prompt:
+    messages = canonical_messages(text, None)
+    prompt = Prompt(text=text, messages=messages, content_hash=content_hash(messages), split="train")
+    session.add(prompt)
+    session.flush()
+    return prompt
+
+
+def _seed(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        with session_scope(engine) as s:
+            v0 = ensure_base_policy(session=s)
+            users = {name: create_user(session=s, username=name, role=role, password=PASSWORDS[name])
+                     for name, role in (("ann", "annotator"), ("root", "admin"), ("eve", "annotator"))}
+            # Refills would start a real sampling worker; the items are seeded here instead.
+            s.add(QueueSettings(id=1, overlap=1, refill_below=0))
+
+            def response(prompt: Prompt, text: str) -> Response:
+                r = Response(prompt_id=prompt.id, policy_version_id=v0.id, text=text, params={})
+                s.add(r)
+                s.flush()
+                return r
+
+            # The hostile pair has the lowest id, so it is the first pair a fresh annotator (eve)
+            # gets; ann and root had it already (skipped), so whatever order the journeys run in,
+            # only eve is shown it.
+            prompt = _prompt(s, XSS_PROMPT)
+            xss = Item(kind="pair", prompt_id=prompt.id, response_a_id=response(prompt, XSS_A).id,
+                       response_b_id=response(prompt, XSS_B).id)
+            s.add(xss)
+            s.flush()
+            for name in ("ann", "root"):
+                s.add(Assignment(item_id=xss.id, user_id=users[name].id, shown_order="ab", status="skipped",
+                                 expires_at=utcnow(), finished_at=utcnow()))
+            for question, a, b in PAIRS:
+                prompt = _prompt(s, question)
+                s.add(Item(kind="pair", prompt_id=prompt.id, response_a_id=response(prompt, a).id,
+                           response_b_id=response(prompt, b).id))
+            for question, text in SINGLES:
+                prompt = _prompt(s, question)
+                s.add(Item(kind="single", prompt_id=prompt.id, response_a_id=response(prompt, text).id))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory):
+    """`streamlit run app.py` on a free loopback port against a freshly seeded SQLite file;
+    yields (base URL, database URL)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('browser') / 'app.sqlite3'}"
+    upgrade(url)
+    _seed(url)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
+    env["DATABASE_URL"] = url
+    log = tmp_path_factory.mktemp("browser-log") / "streamlit.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
+                    if r.read().decode().strip() == "ok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not become healthy in 60 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.25)
+        yield base, url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser, app_server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    expect.set_options(timeout=TIMEOUT_MS)
+    # Only loopback: anything else the page tries to fetch is refused (and counted).
+    page.outside_requests = []
+    page.requested = []
+    page.dialogs = []
+    page.on("request", lambda request: page.requested.append(request.url))
+
+    def on_dialog(dialog):
+        page.dialogs.append((dialog.type, dialog.message))
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+
+    def guard(route):
+        host = route.request.url.split("/")[2].rsplit(":", 1)[0] if "://" in route.request.url else ""
+        if host in ("127.0.0.1", "localhost", "[::1]") or route.request.url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            page.outside_requests.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", guard)
+    yield page
+    context.close()
+
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def settled(page) -> None:
+    """Wait until the current script run has finished drawing: no stale or placeholder elements."""
+    expect(page.locator('[data-stale="true"]')).to_have_count(0)
+    expect(page.locator('[data-testid="stSkeleton"]')).to_have_count(0)
+    expect(page.locator('[data-testid="stException"]')).to_have_count(0)
+
+
+def sign_in(page, base: str, username: str) -> None:
+    page.goto(base)
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password", exact=True).fill(PASSWORDS[username])
+    page.get_by_role("button", name="Sign in").click()
+    # The default page after signing in is Compare.
+    expect(page.get_by_role("heading", name="Compare responses")).to_be_visible()
+    expect(page.get_by_test_id("stSidebar").get_by_text(username, exact=True)).to_be_visible()
+
+
+def response_box(page, title: str):
+    """The bordered box show_response draws: its title in bold, then the (untrusted) text."""
+    return page.get_by_test_id("stColumn").filter(
+        has=page.locator("strong", has_text=re.compile(rf"^{re.escape(title)}$")))
+
+
+def response_text(page, title: str) -> str:
+    return response_box(page, title).get_by_test_id("stMarkdownContainer").nth(1).inner_text().strip()
+
+
+def prompt_bubble(page):
+    return page.get_by_test_id("stChatMessageContent")
+
+
+def progress_caption(page):
+    return page.get_by_test_id("stCaptionContainer").filter(has_text=re.compile(r"^You: "))
+
+
+def shown_pair(page) -> dict[str, str]:
+    settled(page)
+    expect(response_box(page, "Response B")).to_be_visible()
+    return {"prompt": prompt_bubble(page).inner_text().strip(), "left": response_text(page, "Response A"),
+            "right": response_text(page, "Response B")}
+
+
+def wait_for_next_pair(page, *, previous_prompt: str, labelled: int) -> None:
+    expect(progress_caption(page)).to_contain_text(f", {labelled} in all")
+    expect(prompt_bubble(page)).not_to_have_text(previous_prompt)
+    settled(page)
+
+
+# ---------------------------------------------------------------------------------- journeys
+
+
+def test_annotator_labels_pairs_and_a_single(page, app_server):
+    base, url = app_server
+    sign_in(page, base, "ann")
+    expect(progress_caption(page)).to_contain_text("0 in all")
+
+    # 1) Click "A is better" (with a strength): the left response is the chosen one.
+    first = shown_pair(page)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "compare.png"), full_page=True)
+    page.get_by_role("radio", name="much better").click()
+    expect(page.get_by_role("radio", name="much better")).to_be_checked()
+    settled(page)
+    page.get_by_role("button", name=re.compile(r"^A is better")).click()
+    wait_for_next_pair(page, previous_prompt=first["prompt"], labelled=1)
+
+    # 2) The keyboard shortcut "2" = B is better: the right response is the chosen one.
+    second = shown_pair(page)
+    page.get_by_role("heading", name="Compare responses").click()  # focus on the page, not a field
+    page.keyboard.press("2")
+    wait_for_next_pair(page, previous_prompt=second["prompt"], labelled=2)
+
+    # 3) Tie, with a rationale.
+    third = shown_pair(page)
+    page.get_by_label("Why? (optional)").fill("equally good, both correct")
+    page.get_by_role("button", name=re.compile(r"^Tie")).click()
+    wait_for_next_pair(page, previous_prompt=third["prompt"], labelled=3)
+    shown_pair(page)  # the fourth pair is on screen, not yet labelled
+
+    # The Rate page, through the sidebar: one thumbs up.
+    page.get_by_test_id("stSidebar").get_by_role("link", name="Rate").click()
+    expect(page.get_by_role("heading", name="Rate a response")).to_be_visible()
+    settled(page)
+    expect(progress_caption(page)).to_contain_text("3 in all")
+    single = {"prompt": prompt_bubble(page).inner_text().strip(), "text": response_text(page, "Response")}
+    page.screenshot(path=str(SHOTS / "rate.png"), full_page=True)
+    page.get_by_role("radio", name="Thumbs up").click()
+    expect(progress_caption(page)).to_contain_text("4 in all")
+    settled(page)
+
+    engine = make_engine(url)
+    try:
+        with session_scope(engine, read_only=True) as s:
+            ann = s.scalar(select(User).where(User.username == "ann"))
+            labels = s.scalars(select(Label).where(Label.user_id == ann.id).order_by(Label.id)).all()
+            assert [label.kind for label in labels] == ["pairwise"] * 3 + ["binary"]
+            assert all(label.source == "human" for label in labels)
+            for label, shown, preferred in zip(labels, (first, second, third), ("left", "right", "tie")):
+                item = s.get(Item, label.item_id)
+                a, b = item.response_a.text, item.response_b.text
+                assert item.prompt.text == shown["prompt"]
+                # The order recorded is the order that was on the screen ...
+                assert (shown["left"], shown["right"]) == ((a, b) if label.shown_order == "ab" else (b, a))
+                # ... and left/right went through it to the item's own a/b.
+                left, right = ("a", "b") if label.shown_order == "ab" else ("b", "a")
+                assert label.choice == {"left": left, "right": right, "tie": "tie"}[preferred]
+                if preferred != "tie":
+                    chosen = a if label.choice == "a" else b
+                    assert chosen == shown[preferred]
+            assert (labels[0].strength, labels[1].strength, labels[2].strength) == ("much", None, None)
+            assert labels[2].rationale == "equally good, both correct"
+            assert labels[0].rationale is None and labels[1].rationale is None
+            binary = labels[3]
+            item = s.get(Item, binary.item_id)
+            assert (item.kind, binary.thumb) == ("single", "up")
+            assert (item.prompt.text, item.response_a.text) == (single["prompt"], single["text"])
+    finally:
+        engine.dispose()
+    assert page.outside_requests == []
+
+
+def test_untrusted_text_is_inert(page, app_server):
+    base, _ = app_server
+    sign_in(page, base, "eve")
+    shown = shown_pair(page)
+    assert "bold?" in shown["prompt"]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "xss.png"), full_page=True)
+    page.wait_for_timeout(500)  # give any injected handler (onerror, a late script) a chance to run
+
+    assert page.evaluate("typeof window.__xss") == "undefined"
+    assert page.dialogs == []
+    boxes = [response_box(page, "Response A"), response_box(page, "Response B")]
+    untrusted = [*boxes, prompt_bubble(page)]
+    for area in untrusted:
+        assert area.locator("script").count() == 0
+        assert area.locator("img").count() == 0  # no remote image, no onerror
+        assert area.locator("a").count() == 0  # no link at all, javascript: or otherwise
+        assert area.locator("b").count() == 0
+    assert page.locator('a[href^="javascript:" i]').count() == 0
+    assert page.locator('img[src^="http"]').count() == 0 or all(
+        src.startswith("http://127.0.0.1") and "tracker" not in src
+        for src in page.locator('img[src^="http"]').evaluate_all("els => els.map(e => e.src)"))
+    # The markup is shown as text, whichever side each response landed on.
+    both = " ".join((shown["left"], shown["right"]))
+    assert "<script>window.__xss=1</script>" in both
+    assert "onerror" in both and "pixel" in both and "click me" in both
+    expect(page.get_by_text("<script>window.__xss=1</script>", exact=False)).to_be_visible()
+    expect(prompt_bubble(page)).to_contain_text("<b>bold?</b>")
+    assert not [u for u in page.requested if "tracker.png" in u or u.startswith("javascript:")]
+    assert page.outside_requests == []
+
+
+def test_admin_opens_the_data_page(page, app_server):
+    base, _ = app_server
+    sign_in(page, base, "root")
+    page.get_by_test_id("stSidebar").get_by_role("link", name="Data").click()
+    expect(page.get_by_role("heading", name="Data", exact=True)).to_be_visible()
+    tabs = page.get_by_role("tab")
+    expect(tabs).to_have_text(["Import prompts", "Browse", "Sample", "Export"])
+    expect(page.get_by_test_id("stCaptionContainer").filter(has_text="prompts").first).to_contain_text("7 prompts")
+    page.get_by_role("tab", name="Browse").click()
+    expect(page.get_by_test_id("stDataFrame").first).to_be_visible()
+    settled(page)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "data.png"), full_page=True)
+    assert page.outside_requests == []
