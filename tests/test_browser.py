@@ -32,6 +32,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 SHOTS = Path("/tmp/shots")
 PASSWORDS = {"ann": "annotator-pw", "root": "admin-password", "eve": "fresh-annotator-pw"}
 TIMEOUT_MS = 15_000
+# page_icon=":material/..." makes Streamlit point the favicon at Google's icon CDN; the browser
+# asks for it (and is refused here). That is the app's own chrome, not anything untrusted.
+FAVICON_CDN = "https://fonts.gstatic.com/s/i/short-term/release/materialsymbols"
 
 # Four ordinary pairs and two single responses, with texts the test can find on the page.
 PAIRS = [(f"Browser question {i}?", f"alpha answer {i}", f"beta answer {i}") for i in range(4)]
@@ -172,13 +175,13 @@ def page(browser, app_server):
         if host in ("127.0.0.1", "localhost", "[::1]") or route.request.url.startswith(("data:", "blob:")):
             route.continue_()
         else:
-            page.outside_requests.append(route.request.url)
+            if not route.request.url.startswith(FAVICON_CDN):
+                page.outside_requests.append(route.request.url)
             route.abort()
 
     context.route("**/*", guard)
     yield page
     context.close()
-
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -204,8 +207,8 @@ def sign_in(page, base: str, username: str) -> None:
 
 def response_box(page, title: str):
     """The bordered box show_response draws: its title in bold, then the (untrusted) text."""
-    return page.get_by_test_id("stColumn").filter(
-        has=page.locator("strong", has_text=re.compile(rf"^{re.escape(title)}$")))
+    return page.locator(f'xpath=//strong[normalize-space()="{title}"]'
+                        '/ancestor::div[@data-testid="stElementContainer"][1]/parent::div')
 
 
 def response_text(page, title: str) -> str:
@@ -265,7 +268,7 @@ def test_annotator_labels_pairs_and_a_single(page, app_server):
     shown_pair(page)  # the fourth pair is on screen, not yet labelled
 
     # The Rate page, through the sidebar: one thumbs up.
-    page.get_by_test_id("stSidebar").get_by_role("link", name="Rate").click()
+    page.get_by_test_id("stSidebar").get_by_role("link", name="Rate", exact=True).click()
     expect(page.get_by_role("heading", name="Rate a response")).to_be_visible()
     settled(page)
     expect(progress_caption(page)).to_contain_text("3 in all")
@@ -320,14 +323,15 @@ def test_untrusted_text_is_inert(page, app_server):
     boxes = [response_box(page, "Response A"), response_box(page, "Response B")]
     untrusted = [*boxes, prompt_bubble(page)]
     for area in untrusted:
+        expect(area).to_have_count(1)
         assert area.locator("script").count() == 0
         assert area.locator("img").count() == 0  # no remote image, no onerror
         assert area.locator("a").count() == 0  # no link at all, javascript: or otherwise
         assert area.locator("b").count() == 0
+    main = page.get_by_test_id("stMain")
     assert page.locator('a[href^="javascript:" i]').count() == 0
-    assert page.locator('img[src^="http"]').count() == 0 or all(
-        src.startswith("http://127.0.0.1") and "tracker" not in src
-        for src in page.locator('img[src^="http"]').evaluate_all("els => els.map(e => e.src)"))
+    assert main.locator('img[src^="http" i]').count() == 0
+    assert main.locator("script").count() == 0
     # The markup is shown as text, whichever side each response landed on.
     both = " ".join((shown["left"], shown["right"]))
     assert "<script>window.__xss=1</script>" in both
@@ -341,7 +345,7 @@ def test_untrusted_text_is_inert(page, app_server):
 def test_admin_opens_the_data_page(page, app_server):
     base, _ = app_server
     sign_in(page, base, "root")
-    page.get_by_test_id("stSidebar").get_by_role("link", name="Data").click()
+    page.get_by_test_id("stSidebar").get_by_role("link", name="Data", exact=True).click()
     expect(page.get_by_role("heading", name="Data", exact=True)).to_be_visible()
     tabs = page.get_by_role("tab")
     expect(tabs).to_have_text(["Import prompts", "Browse", "Sample", "Export"])

@@ -111,3 +111,21 @@ def test_setup_is_idempotent_and_prints_admin_once(tmp_path, default_model_dir):
         assert s.scalar(select(PolicyVersion.status).where(PolicyVersion.name == "v0")) == "active"
         assert len(s.scalars(select(User).where(User.role == "admin")).all()) == 1
     engine.dispose()
+
+
+def test_judge_and_grade_commands(cli_db, tmp_path, capsys, tiny_model_dir):
+    prompts = tmp_path / "math.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"What is {i}+{i}?", "reference": str(2 * i), "split": "train"})
+                                 for i in range(3)))
+    assert main(["prompts", "import", str(prompts)]) == 0
+    assert main(["sample", "--limit", "3", "--max-new-tokens", "6", "--seed", "2", "--temperature", "1.5"]) == 0
+    capsys.readouterr()
+    # The local judge on the tiny model: real forward passes, both orders.
+    assert main(["judge", "--backend", "local", "--model", tiny_model_dir.name, "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "judged 2 pairs with tiny-smollm2-test under default v1" in out
+    assert main(["grade", "--grader", "numeric"]) == 0
+    assert "'pairs': " in capsys.readouterr().out
+    assert main(["grade", "--grader", "nonsense"]) == 2
+    assert main(["judge", "--constitution", "nope"]) == 2
+    assert "No constitution 'nope'" in capsys.readouterr().err

@@ -24,7 +24,6 @@ from judges.graders import (
     Grader,
     GraderError,
     MultiGrader,
-    PythonGrader,
     as_reward_func,
     completion_text,
     extract_number,
@@ -33,6 +32,7 @@ from judges.graders import (
     register_grader,
 )
 from judges.grading import grade_items, run_grading, submission_id_for
+from judges.python_grader import PythonGrader
 
 BUILTIN_SPECS = ["exact", "normalized", "numeric", "numeric:tol=0.01", "similarity", "similarity:metric=token_set",
                  "similarity:metric=bleu", "similarity:metric=chrf", "multi:0.7*numeric+0.3*similarity"]

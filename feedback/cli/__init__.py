@@ -11,21 +11,9 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from feedback.cli import judging
+from feedback.cli.common import get_engine, read_password_stdin, run_job_inline
 from feedback.errors import UserError
-
-
-def _engine():
-    from db.engine import engine_for
-    from feedback.settings import get_settings
-
-    return engine_for(get_settings().database_url)
-
-
-def _read_password_stdin() -> str:
-    password = sys.stdin.readline().rstrip("\r\n")
-    if not password:
-        raise UserError("No password on standard input.")
-    return password
 
 
 def cmd_db_upgrade(args) -> None:
@@ -55,7 +43,7 @@ def cmd_setup(args) -> None:
         from feedback.model_cache import prepare_default_model
 
         print(f"default model ready in {prepare_default_model()}")
-    with session_scope(_engine()) as session:
+    with session_scope(get_engine()) as session:
         result = seed_demo(session=session, with_prompts=args.demo)
     if args.demo:
         print(f"demo prompts: {result.prompts_inserted} new")
@@ -79,7 +67,7 @@ def _sample_demo_in_background(database_url: str) -> None:
     from feedback import jobs
     from feedback.sampling import SamplingConfig
 
-    with session_scope(_engine()) as session:
+    with session_scope(get_engine()) as session:
         has_items = session.scalar(select(func.count()).select_from(Item)) > 0
         running = session.scalar(select(Job.id).where(Job.kind == "sample", Job.status.in_(jobs.ACTIVE)))
         if has_items or running:
@@ -94,8 +82,8 @@ def cmd_users_add(args) -> None:
     from db.engine import session_scope
     from feedback.users import create_user, generate_password
 
-    password = _read_password_stdin() if args.password_stdin else generate_password()
-    with session_scope(_engine()) as session:
+    password = read_password_stdin() if args.password_stdin else generate_password()
+    with session_scope(get_engine()) as session:
         create_user(session=session, username=args.name, role=args.role, password=password)
     print(f"created {args.role} {args.name!r}")
     if not args.password_stdin:
@@ -106,8 +94,8 @@ def cmd_users_reset_password(args) -> None:
     from db.engine import session_scope
     from feedback.users import generate_password, set_password
 
-    password = _read_password_stdin() if args.password_stdin else generate_password()
-    with session_scope(_engine()) as session:
+    password = read_password_stdin() if args.password_stdin else generate_password()
+    with session_scope(get_engine()) as session:
         set_password(session=session, username=args.name, password=password)
     print(f"password of {args.name!r} changed")
     if not args.password_stdin:
@@ -122,7 +110,7 @@ def cmd_prompts_import(args) -> None:
     path = Path(args.path)
     if not path.exists():
         raise UserError(f"{path}: no such file or directory.")
-    with session_scope(_engine()) as session:
+    with session_scope(get_engine()) as session:
         report = import_prompts(session=session, path=path, source=args.source,
                                 on_error="skip" if args.skip_invalid else "abort", val_fraction=args.val_fraction)
         if report.committed:
@@ -149,7 +137,7 @@ def cmd_sample(args) -> None:
         max_new_tokens=args.max_new_tokens, seed=args.seed, split=args.split, tags=args.tag or [],
         items=args.items,
     )
-    job = _run_job_inline("sample", asdict(config), args.detach, "prompt")
+    job = run_job_inline("sample", asdict(config), args.detach, "prompt")
     if job is None:
         return
     r = job.result
@@ -161,7 +149,7 @@ def cmd_export(args) -> None:
     from db.engine import session_scope
     from feedback.export import export_rows, write_rows
 
-    with session_scope(_engine(), read_only=True) as session:
+    with session_scope(get_engine(), read_only=True) as session:
         rows = export_rows(session=session, fmt=args.format, sources=args.source or ("human", "judge", "grader"))
     if not rows:
         raise UserError(f"No labels to export as {args.format} yet (label some items first).")
@@ -169,87 +157,12 @@ def cmd_export(args) -> None:
     print(f"wrote {len(rows)} {args.format} rows to {args.out}")
 
 
-def _run_job_inline(kind: str, config: dict, detach: bool, unit: str):
-    """Create a job; run it here with a progress bar, or in a detached worker."""
-    from tqdm import tqdm
-
-    from db.engine import session_scope
-    from feedback import jobs
-    from feedback.settings import get_settings
-
-    engine = _engine()
-    with session_scope(engine) as session:
-        job = jobs.create_job(session=session, kind=kind, config=config)
-    if detach:
-        pid = jobs.start_detached(job=job, database_url=get_settings().database_url)
-        print(f"job {job.id} started in the background (pid {pid}); follow it with: python -m feedback jobs list")
-        return None
-    bar = tqdm(total=None, unit=unit, desc=f"{kind} (job {job.id})")
-
-    def listener(done: int, total: int | None) -> None:
-        if total is not None:
-            bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    try:
-        job = jobs.run_job(engine=engine, job_id=job.id, listener=listener)
-    finally:
-        bar.close()
-    if job.status != "succeeded":
-        raise UserError(f"job {job.id} {job.status}: {job.error or ''}".strip())
-    return job
-
-
-def cmd_judge(args) -> None:
-    from dataclasses import asdict
-
-    from db.engine import session_scope
-    from judges.batch import JudgeConfig
-    from judges.constitutions import ensure_shipped, latest_constitution
-
-    config = JudgeConfig(constitution=args.constitution, backend=args.backend, model=args.model, mode=args.mode,
-                         on_disagreement=args.on_disagreement, selection=args.select, max_items=args.limit,
-                         max_cost_usd=args.max_cost, concurrency=args.concurrency, batch_api=args.batch_api)
-    with session_scope(_engine()) as session:
-        ensure_shipped(session=session)
-        latest_constitution(session=session, name=config.constitution)  # fail early on a typo
-    job = _run_job_inline("judge", asdict(config), args.detach, "pair")
-    if job:
-        r = job.result
-        print(f"job {job.id}: judged {r['judged']} pairs with {r['model']} under {r['constitution']}: "
-              f"{r['outcomes']}; cost ${r['cost_usd']:.4f}")
-
-
-def cmd_judge_canaries(args) -> None:
-    from judges.backends import get_backend
-    from judges.canaries import run_canaries
-    from db.engine import session_scope
-    from judges.constitutions import ensure_shipped, latest_constitution
-
-    with session_scope(_engine()) as session:
-        ensure_shipped(session=session)
-        principles = latest_constitution(session=session, name=args.constitution).principles
-    backend = get_backend(args.backend, **({"model": args.model} if args.model else {}))
-    print(run_canaries(backend=backend, principles=principles[:1] if args.first_principle else principles,
-                       limit=args.limit).summary())
-
-
-def cmd_grade(args) -> None:
-    from judges.graders import parse_grader
-
-    parse_grader(args.grader)  # a bad spec is a user error before any job exists
-    job = _run_job_inline("grade", {"spec": args.grader, "limit": args.limit}, args.detach, "item")
-    if job:
-        print(f"job {job.id}: {job.result}")
-
-
 def cmd_jobs_resume(args) -> None:
     from db.engine import session_scope
     from feedback import jobs
     from feedback.settings import get_settings
 
-    with session_scope(_engine()) as session:
+    with session_scope(get_engine()) as session:
         job = jobs.resume(session=session, job_id=args.id)
     pid = jobs.start_detached(job=job, database_url=get_settings().database_url)
     print(f"job {args.id} resumed in the background (pid {pid})")
@@ -259,7 +172,7 @@ def cmd_jobs_list(args) -> None:
     from db.engine import session_scope
     from feedback.jobs import list_jobs
 
-    with session_scope(_engine()) as session:
+    with session_scope(get_engine()) as session:
         rows = list_jobs(session=session, limit=args.limit)
         print(f"{'id':>5}  {'kind':<8} {'status':<11} {'progress':<10} created")
         for job in rows:
@@ -271,7 +184,7 @@ def cmd_jobs_cancel(args) -> None:
     from db.engine import session_scope
     from feedback.jobs import request_cancel
 
-    with session_scope(_engine()) as session:
+    with session_scope(get_engine()) as session:
         changed = request_cancel(session=session, job_id=args.id)
     print(f"job {args.id}: {'cancel requested' if changed else 'already finished'}")
 
@@ -279,7 +192,7 @@ def cmd_jobs_cancel(args) -> None:
 def cmd_jobs_work(args) -> None:
     from feedback.jobs import run_job
 
-    job = run_job(engine=_engine(), job_id=args.id)
+    job = run_job(engine=get_engine(), job_id=args.id)
     print(f"job {job.id} {job.status}")
 
 
@@ -345,36 +258,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="only labels from this source (repeatable; default: all)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("judge", help="label pairs with an AI judge under a constitution (both orders)")
-    p.add_argument("--constitution", default="default")
-    p.add_argument("--backend", default="local", help="anthropic, openai or local")
-    p.add_argument("--model", help="the backend's model (default: its own default)")
-    p.add_argument("--mode", default="sample", choices=("sample", "all"),
-                   help="one principle sampled per pair, or a verdict per principle combined")
-    p.add_argument("--on-disagreement", default="escalate", choices=("escalate", "tie"),
-                   help="when the two orders disagree: leave the pair to humans, or label a tie")
-    p.add_argument("--select", default="unlabelled", choices=("unlabelled", "disputed", "calibration"),
-                   help="unlabelled pairs, pairs humans disagree on, or a sample of human-labelled pairs")
-    p.add_argument("--limit", type=int, default=50, help="most pairs to judge")
-    p.add_argument("--max-cost", type=float, help="stop taking new pairs past this many US dollars")
-    p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--batch-api", action="store_true", help="the provider's batch API (Anthropic: half price)")
-    p.add_argument("--detach", action="store_true", help="run as a background job and return at once")
-    p.set_defaults(func=cmd_judge)
-
-    p = sub.add_parser("judge-canaries", help="measure how often injected instructions flip the judge")
-    p.add_argument("--constitution", default="default")
-    p.add_argument("--backend", default="local")
-    p.add_argument("--model")
-    p.add_argument("--limit", type=int, help="only the first N canary pairs")
-    p.add_argument("--first-principle", action="store_true", help="judge under the first principle only")
-    p.set_defaults(func=cmd_judge_canaries)
-
-    p = sub.add_parser("grade", help="score items against their prompts' references with a grader")
-    p.add_argument("--grader", required=True, help="e.g. numeric, exact, regex:PATTERN, multi:0.7*numeric+0.3*similarity")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--detach", action="store_true")
-    p.set_defaults(func=cmd_grade)
+    judging.add_commands(sub)
 
     job_cmds = sub.add_parser("jobs", help="background jobs").add_subparsers(dest="jobs_command", required=True)
     p = job_cmds.add_parser("list", help="recent jobs")
