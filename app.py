@@ -3,7 +3,7 @@ import streamlit as st
 
 from pages.common import signed_in_user
 
-st.set_page_config(page_title="Preference data", page_icon=":material/thumbs_up_down:", layout="wide")
+st.set_page_config(page_title="Preference data", page_icon="⚖️", layout="wide")
 
 user = signed_in_user()
 if user is None:
@@ -22,6 +22,7 @@ else:
         sections["Admin"] = [
             st.Page("pages/data.py", title="Data", icon=":material/database:"),
             st.Page("pages/judge.py", title="AI judge", icon=":material/gavel:"),
+            st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
             st.Page("pages/queue.py", title="Queue", icon=":material/queue:"),
             st.Page("pages/users.py", title="Users", icon=":material/group:"),
         ]

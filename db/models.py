@@ -120,7 +120,17 @@ class Job(Base):
     """A long task (sampling, judging, training) run by a detached worker; pages only poll it."""
 
     __tablename__ = "jobs"
-    __table_args__ = (CheckConstraint(_in("status", JOB_STATUSES), name="status"),)
+    __table_args__ = (
+        CheckConstraint(_in("status", JOB_STATUSES), name="status"),
+        # One training run at a time, whoever asks: a second queued/running 'train' job is refused.
+        Index(
+            "uq_jobs_one_active_training",
+            "kind",
+            unique=True,
+            sqlite_where=text("kind = 'train' AND status IN ('queued', 'running')"),
+            postgresql_where=text("kind = 'train' AND status IN ('queued', 'running')"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)
@@ -131,6 +141,8 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     error: Mapped[str | None] = mapped_column(Text)
     log_tail: Mapped[str] = mapped_column(Text, default="")
+    # Logged training metrics, one dict per log step ({"step": 3, "loss": 0.61, ...}), for curves.
+    metrics: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list, server_default=text("'[]'"))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     pid: Mapped[int | None] = mapped_column(Integer)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -185,6 +197,8 @@ class PolicyVersion(Base):
     stage: Mapped[str | None] = mapped_column(String(32))
     train_config: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # The evaluation gate's figures (win rate vs the parent with its interval, grader accuracy).
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     status: Mapped[str] = mapped_column(String(16), default="candidate")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

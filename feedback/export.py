@@ -20,7 +20,7 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
-from db.models import LABEL_SOURCES, Item, Label, Prompt, Response
+from db.models import LABEL_SOURCES, Item, Label, Prompt, Response, SnapshotLabel
 from feedback.errors import UserError
 
 ExportFormat = Literal["dpo", "kto", "reward"]
@@ -40,18 +40,26 @@ def _majority(values: Iterable[str]) -> str | None:
     return counts[0][0]
 
 
-def _labels(session: Session, kind: str, sources: Sequence[str]) -> dict[int, list[Label]]:
+def _labels(session: Session, kind: str, sources: Sequence[str], snapshot_id: int | None) -> dict[int, list[Label]]:
     by_item: dict[int, list[Label]] = defaultdict(list)
-    for label in session.scalars(
-        select(Label).where(Label.kind == kind, Label.source.in_(sources)).order_by(Label.id)
-    ):
+    query = select(Label).where(Label.kind == kind, Label.source.in_(sources)).order_by(Label.id)
+    if snapshot_id is not None:  # only the labels frozen into that snapshot
+        query = query.join(SnapshotLabel, SnapshotLabel.label_id == Label.id).where(SnapshotLabel.snapshot_id == snapshot_id)
+    for label in session.scalars(query):
         by_item[label.item_id].append(label)
     return by_item
 
 
-def preference_rows(*, session: Session, sources: Sequence[str] = LABEL_SOURCES,
-                    with_margin: bool = False) -> list[dict[str, Any]]:
-    by_item = _labels(session, "pairwise", sources)
+def _resolve(values: list[str], rule: str) -> str | None:
+    """One value from several labels: the majority, or (rule 'drop') only a unanimous one."""
+    if rule == "drop" and len(set(values)) > 1:
+        return None
+    return _majority(values)
+
+
+def preference_rows(*, session: Session, sources: Sequence[str] = LABEL_SOURCES, with_margin: bool = False,
+                    snapshot_id: int | None = None, rule: str = "majority") -> list[dict[str, Any]]:
+    by_item = _labels(session, "pairwise", sources, snapshot_id)
     if not by_item:
         return []
     ra, rb = aliased(Response), aliased(Response)
@@ -64,7 +72,7 @@ def preference_rows(*, session: Session, sources: Sequence[str] = LABEL_SOURCES,
     out = []
     for item_id, messages, text_a, text_b in rows:
         labels = by_item[item_id]
-        winner = _majority(label.choice for label in labels)
+        winner = _resolve([label.choice for label in labels], rule)
         if winner not in ("a", "b"):
             continue
         chosen, rejected = (text_a, text_b) if winner == "a" else (text_b, text_a)
@@ -76,8 +84,9 @@ def preference_rows(*, session: Session, sources: Sequence[str] = LABEL_SOURCES,
     return out
 
 
-def kto_rows(*, session: Session, sources: Sequence[str] = LABEL_SOURCES) -> list[dict[str, Any]]:
-    by_item = _labels(session, "binary", sources)
+def kto_rows(*, session: Session, sources: Sequence[str] = LABEL_SOURCES, snapshot_id: int | None = None,
+             rule: str = "majority") -> list[dict[str, Any]]:
+    by_item = _labels(session, "binary", sources, snapshot_id)
     if not by_item:
         return []
     rows = session.execute(
@@ -87,7 +96,7 @@ def kto_rows(*, session: Session, sources: Sequence[str] = LABEL_SOURCES) -> lis
     )
     out = []
     for item_id, messages, text in rows:
-        verdict = _majority(label.thumb for label in by_item[item_id])
+        verdict = _resolve([label.thumb for label in by_item[item_id]], rule)
         if verdict is not None:
             out.append({"prompt": messages, "completion": _assistant(text), "label": verdict == "up"})
     return out

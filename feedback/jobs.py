@@ -40,7 +40,8 @@ class Cancelled(Exception):
 # kind -> runner(engine=..., job=..., reporter=...) -> result dict. Modules register themselves
 # (feedback.sampling registers "sample"), so the worker never needs to know them all.
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {}
-RUNNER_MODULES = {"sample": "feedback.sampling", "judge": "judges.batch", "grade": "judges.grading"}
+RUNNER_MODULES = {"sample": "feedback.sampling", "judge": "judges.batch", "grade": "judges.grading",
+                  "train": "training.rounds"}
 
 
 def register(kind: str):
@@ -96,7 +97,9 @@ def list_jobs(*, session: Session, limit: int = 50, kind: str | None = None) -> 
 
 def child_env(kind: str) -> dict[str, str]:
     """The worker's environment: ours, minus secrets its kind does not use."""
-    keep = {"judge": {"ANTHROPIC_API_KEY", "JUDGE_API_KEY"}}.get(kind, set())
+    # Training rounds may run the evaluation gate with an AI judge, so they keep the judge keys too.
+    keep = {"judge": {"ANTHROPIC_API_KEY", "JUDGE_API_KEY"},
+            "train": {"ANTHROPIC_API_KEY", "JUDGE_API_KEY"}}.get(kind, set())
     env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV_VARS or k in keep}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     return env
@@ -145,6 +148,14 @@ class Reporter:
             cancel = job.cancel_requested
         if cancel:
             raise Cancelled()
+
+
+    def log_metrics(self, entry: dict[str, Any]) -> None:
+        """Append one logged step ({"step": 3, "loss": 0.61, ...}) to the job's metric history."""
+        with session_scope(self.engine) as s:
+            job = s.get(Job, self.job_id)
+            job.metrics = [*(job.metrics or []), entry]  # reassign: JSON columns do not track in-place edits
+            job.heartbeat_at = utcnow()
 
 
 def claim(*, engine: Engine, job_id: int) -> bool:

@@ -41,3 +41,36 @@ def policy_by_name(*, session: Session, name: str) -> PolicyVersion:
         known = ", ".join(session.scalars(select(PolicyVersion.name).order_by(PolicyVersion.id))) or "none"
         raise UserError(f"No policy version {name!r} (known: {known}).")
     return version
+
+
+def list_policies(*, session: Session) -> list[PolicyVersion]:
+    return list(session.scalars(select(PolicyVersion).order_by(PolicyVersion.id)))
+
+
+def next_version_name(*, session: Session) -> str:
+    names = session.scalars(select(PolicyVersion.name)).all()
+    numbers = [int(n[1:]) for n in names if n.startswith("v") and n[1:].isdigit()]
+    return f"v{max(numbers, default=-1) + 1}"
+
+
+def promote(*, session: Session, name: str, user=None, actor: str = "cli") -> PolicyVersion:
+    """Make `name` the active policy (sampling uses it from now on); the old one is retired.
+    Rolling back is promoting an earlier version. Deploying to a server is the caller's step
+    before this one (training/deploy.py), so a failed deploy changes nothing."""
+    from db.models import User  # noqa: F401 - the type of `user`
+    from feedback.users import require_role
+
+    if user is not None:
+        require_role(user, "admin")
+        actor = f"app:{user.username}"
+    target = policy_by_name(session=session, name=name)
+    current = session.scalar(select(PolicyVersion).where(PolicyVersion.status == "active"))
+    if current is not None and current.id == target.id:
+        return target
+    if current is not None:
+        current.status = "retired"
+        session.flush()  # free the one-active slot before taking it
+    target.status = "active"
+    audit.record(session=session, actor=actor, user_id=user.id if user else None, action="policy.promote",
+                 target=f"policy:{target.id}", details={"name": name, "previous": current.name if current else None})
+    return target

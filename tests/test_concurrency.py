@@ -4,14 +4,15 @@
 claims a pair in one transaction, submits it in another with a fresh submission id, then submits
 the same id again (a double click). There are exactly as many slots (items x overlap) as claims.
 
-The threads run in lock-step rounds (a barrier after every claim+submit+resubmit): each round,
-all 20 claim at the same moment. Why not free-running threads: with exactly as many slots as
-claims, a thread left alone at the end is owed the second slot of an item it already holds
-(nobody gets an item twice), so its last claims can never be made; free-running, this happened in
-each of six trial runs (991-998 of 1000 labels on SQLite, 999 on Postgres). That is the arithmetic of the test,
-not a queue bug. In rounds it cannot happen on SQLite (claims are serialised, so each round fills
-exactly ten items) and did not in trials on Postgres (SKIP LOCKED can spread a round over more
-items; the next round, whose claimers all prefer the lowest ids, completes them).
+The threads claim in rounds: a barrier after every claim, so all 20 have claimed before anyone
+claims again (the submits of one round overlap the claims of the next). Why not free-running
+threads: with exactly as many slots as claims, a thread left alone at the end is owed the second
+slot of an item it already holds (nobody gets an item twice), so its last claims can never be
+made; free-running, that happened in each of six trial runs (991-998 of 1000 labels on SQLite,
+999 on Postgres). That is the arithmetic of the test, not a queue bug. In rounds it cannot happen
+on SQLite (claims are serialised, so each round fills exactly ten items) and did not in trials on
+Postgres (SKIP LOCKED can spread a round over more items; the next round's claimers all prefer
+the lowest ids and complete them).
 """
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ def test_twenty_annotators_fifty_submissions_each(loaded):
                 rounds.abort()  # the other threads fail fast instead of waiting for this one
                 break
             seen["claims"] += 1
+            rounds.wait()  # everyone has claimed this round before anyone claims the next
             submission_id = uuid.uuid4().hex
             preferred = rng.choice(queue.PAIRWISE_PREFERENCES)
             with session_scope(engine) as s:
@@ -81,7 +83,6 @@ def test_twenty_annotators_fifty_submissions_each(loaded):
                 again = queue.submit_pairwise(session=s, user=s.get(User, uid), assignment_id=claim.assignment_id,
                                               submission_id=submission_id, preferred=preferred)
             seen["resubmit_mismatch"] += again.id != label.id
-            rounds.wait()
         return seen
 
     began = time.monotonic()

@@ -217,6 +217,30 @@ def test_never_the_same_item_twice_to_one_annotator_even_after_skip(engine, worl
         submit(engine, world["a"], c.assignment_id)
 
 
+@pytest.mark.parametrize("overlap", [1, 2])
+def test_a_claim_in_flight_does_not_hide_an_item_that_still_has_a_slot(engine, world, overlap):
+    """a's claim holds the item (row lock on Postgres, the write lock on SQLite) when b asks."""
+    with session_scope(engine) as s:
+        set_queue(s, overlap=overlap)
+        (item_id,) = make_items(s, pairs=1)
+    outcome = {}
+
+    def b_claims():
+        outcome["b"] = claim(engine, world["b"])
+
+    with session_scope(engine) as s:
+        assert queue.claim_next(session=s, user=s.get(User, world["a"]), kind="pair", now=T0).item_id == item_id
+        thread = threading.Thread(target=b_claims)
+        thread.start()
+        time.sleep(0.5)
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    if overlap == 2:  # b waits for a's claim and gets the second slot, rather than "nothing to do"
+        assert outcome["b"] is not None and outcome["b"].item_id == item_id
+    else:
+        assert outcome["b"] is None
+
+
 def test_an_expired_lease_returns_the_item_to_the_pool(engine, world):
     with session_scope(engine) as s:
         (item_id,) = make_items(s, pairs=1)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from feedback.cli import judging
+from feedback.cli import judging, training
 from feedback.cli.common import get_engine, read_password_stdin, run_job_inline
 from feedback.errors import UserError
 
@@ -259,6 +259,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     judging.add_commands(sub)
+    training.add_commands(sub)
 
     job_cmds = sub.add_parser("jobs", help="background jobs").add_subparsers(dest="jobs_command", required=True)
     p = job_cmds.add_parser("list", help="recent jobs")

@@ -22,20 +22,27 @@ def read_password_stdin() -> str:
 
 def run_job_inline(kind: str, config: dict, detach: bool, unit: str):
     """Create a job; run it here with a progress bar, or in a detached worker."""
+    from db.engine import session_scope
+    from feedback import jobs
+
+    with session_scope(get_engine()) as session:
+        job = jobs.create_job(session=session, kind=kind, config=config)
+    return follow_job(job, detach=detach, unit=unit)
+
+
+def follow_job(job, *, detach: bool, unit: str):
+    """Run a queued job here with a progress bar (the finished row), or detached (None)."""
     from tqdm import tqdm
 
-    from db.engine import session_scope
     from feedback import jobs
     from feedback.settings import get_settings
 
     engine = get_engine()
-    with session_scope(engine) as session:
-        job = jobs.create_job(session=session, kind=kind, config=config)
     if detach:
         pid = jobs.start_detached(job=job, database_url=get_settings().database_url)
         print(f"job {job.id} started in the background (pid {pid}); follow it with: python -m feedback jobs list")
         return None
-    bar = tqdm(total=None, unit=unit, desc=f"{kind} (job {job.id})")
+    bar = tqdm(total=None, unit=unit, desc=f"{job.kind} (job {job.id})")
 
     def listener(done: int, total: int | None) -> None:
         if total is not None:

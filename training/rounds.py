@@ -1,0 +1,184 @@
+"""A training round: snapshot -> one stage -> artifact -> a new candidate policy version with
+its lineage -> the evaluation gate. Runs as a 'train' job in a detached worker; the database
+allows one queued or running training job at a time (a partial unique index on jobs).
+
+Resuming an interrupted round continues from its newest checkpoint in the round's directory
+(var/policies/round-<job id>, a new directory per round so a vLLM server never serves a stale
+adapter under a reused path).
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.engine import session_scope
+from db.models import Job, PolicyVersion, Snapshot, User
+from feedback import audit, jobs
+from feedback.errors import UserError
+from feedback.model_cache import resolve_model_dir
+from feedback.policies import active_policy, next_version_name, policy_by_name
+from feedback.settings import PROJECT_ROOT, get_settings
+from feedback.users import require_role
+from training.callbacks import JobCallback
+from training.evaluate import GateConfig, evaluate
+from training.snapshot import SnapshotFilter, create_snapshot, disagreement_rate, reference_rows, rows_for_stage
+from training.stages.base import STAGE_MODULES, StageInputs, latest_checkpoint, stage
+
+LABEL_STAGES = ("sft", "reward", "dpo", "kto")
+GRADER_STAGES = ("grpo", "rloo", "ppo")
+ROUNDS_DIR = PROJECT_ROOT / "var" / "policies"
+
+
+@dataclass
+class RoundConfig:
+    stage: str  # sft | reward | dpo | kto | ppo | grpo | rloo
+    stage_config: dict[str, Any] = field(default_factory=dict)  # overrides of the stage's defaults
+    snapshot: dict[str, Any] = field(default_factory=dict)  # SnapshotFilter fields (label stages)
+    parent: str | None = None  # the policy to improve (default: the active one)
+    reference: str = "base"  # KL/DPO reference: the base model, or the parent policy
+    sft_source: str = "chosen"  # sft on chosen responses of the snapshot, or on prompts' "reference"s
+    grader: str = "numeric"  # reward for grpo/rloo/ppo (ReFT / RFT against references)
+    reward_job: int | None = None  # ppo: also reward with the reward model that job trained
+    evaluate: bool = True  # run the evaluation gate on the new version
+    gate: dict[str, Any] = field(default_factory=dict)  # GateConfig overrides
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGE_MODULES:
+            raise UserError(f"Unknown stage {self.stage!r}; choose one of {', '.join(STAGE_MODULES)}.")
+        if self.reference not in ("base", "parent"):
+            raise UserError("reference is 'base' or 'parent'.")
+        if self.sft_source not in ("chosen", "reference"):
+            raise UserError("sft_source is 'chosen' or 'reference'.")
+        config_cls, _ = stage(self.stage)
+        known = {f.name for f in fields(config_cls)}
+        unknown = set(self.stage_config) - known
+        if unknown:
+            raise UserError(f"Unknown {self.stage} setting(s): {', '.join(sorted(unknown))}.")
+        SnapshotFilter(**self.snapshot)  # validates
+        GateConfig(**self.gate)
+
+
+def uses_snapshot(config: RoundConfig) -> bool:
+    return config.stage in LABEL_STAGES and not (config.stage == "sft" and config.sft_source == "reference")
+
+
+def start_round(*, session: Session, config: RoundConfig, user: User | None = None, actor: str = "cli") -> Job:
+    """Freeze the snapshot and queue the round. Refused while another training job is active."""
+    if user is not None:
+        require_role(user, "admin")
+        actor = f"app:{user.username}"
+    parent = policy_by_name(session=session, name=config.parent) if config.parent else active_policy(session=session)
+    payload = {**asdict(config), "parent": parent.name}
+    if uses_snapshot(config):
+        snapshot = create_snapshot(session=session, filters=SnapshotFilter(**config.snapshot), user=user)
+        payload["snapshot_id"] = snapshot.id
+    active = session.scalar(select(Job).where(Job.kind == "train", Job.status.in_(jobs.ACTIVE)))
+    if active is not None:
+        raise UserError(f"Training job {active.id} is already {active.status}; one round at a time.")
+    try:
+        with session.begin_nested():  # the unique index decides when two requests race
+            job = jobs.create_job(session=session, kind="train", config=payload,
+                                  created_by_id=user.id if user else None, actor=actor)
+    except IntegrityError:
+        raise UserError("Another training round was started just now; one round at a time.") from None
+    return job
+
+
+def _eval_split(rows: list[dict[str, Any]], share: float = 0.2) -> tuple[list, list]:
+    """A stable held-out share (by content hash), so a resumed round holds out the same rows."""
+    def held_out(row: dict[str, Any]) -> bool:
+        digest = hashlib.sha256(repr(row).encode()).hexdigest()
+        return int(digest[:8], 16) / 0xFFFFFFFF < share
+
+    train = [r for r in rows if not held_out(r)]
+    test = [r for r in rows if held_out(r)]
+    return (train, test) if train and test else (rows, [])
+
+
+def _inputs(session: Session, config: RoundConfig, job: Job, parent: PolicyVersion) -> StageInputs:
+    from judges.graders import as_reward_func, parse_grader
+
+    settings = get_settings()
+    output_dir = ROUNDS_DIR / f"round-{job.id}"
+    resume = latest_checkpoint(output_dir) is not None
+    inputs = StageInputs(
+        model_dir=str(resolve_model_dir(parent.base_model, cache_dir=settings.model_cache_dir)),
+        output_dir=output_dir, parent_adapter=parent.adapter_path,
+        reference_adapter=parent.adapter_path if config.reference == "parent" else None, resume=resume,
+    )
+    if uses_snapshot(config):
+        snapshot = session.get(Snapshot, job.config["snapshot_id"])
+        rows = rows_for_stage(session=session, snapshot=snapshot, stage=config.stage)
+    elif config.stage == "sft":
+        rows = [{"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["reference"]}]}
+                for r in reference_rows(session=session)]
+    else:
+        rows = reference_rows(session=session)
+        inputs.reward_funcs = [as_reward_func(parse_grader(config.grader))]
+    if not rows:
+        raise UserError(f"Nothing to train a {config.stage} round on (no matching labels or reference prompts).")
+    inputs.train_rows, inputs.eval_rows = _eval_split(rows) if config.stage == "reward" else (rows, [])
+    if config.stage == "ppo" and config.reward_job:
+        reward_job = session.get(Job, config.reward_job)
+        if reward_job is None or not (reward_job.result or {}).get("reward_model_dir"):
+            raise UserError(f"Job {config.reward_job} did not produce a reward model.")
+        inputs.reward_model_dir = reward_job.result["reward_model_dir"]
+    return inputs
+
+
+def run_round(*, engine: Engine, job: Job, reporter: jobs.Reporter) -> dict[str, Any]:
+    config = RoundConfig(**{k: v for k, v in job.config.items() if k not in ("snapshot_id",)})
+    with session_scope(engine) as s:
+        parent = policy_by_name(session=s, name=config.parent)
+        inputs = _inputs(s, config, s.get(Job, job.id), parent)
+        if config.stage == "dpo" and SnapshotFilter(**config.snapshot).rule == "soft":
+            smoothing = disagreement_rate(session=s, snapshot=s.get(Snapshot, job.config["snapshot_id"]))
+            config.stage_config = {"loss_type": "robust", **config.stage_config, "label_smoothing": round(smoothing, 4)}
+    callback = JobCallback(reporter)
+    inputs.callbacks = [callback]
+    config_cls, main = stage(config.stage)
+    stage_config = config_cls(**config.stage_config)
+    reporter.progress(0, stage_config.max_steps if stage_config.max_steps > 0 else None,
+                      log=f"{config.stage} on {len(inputs.train_rows)} rows from {parent.name}"
+                          + (" (resuming from a checkpoint)" if inputs.resume else ""))
+    result = main(stage_config, inputs)
+    if callback.cancelled:
+        raise jobs.Cancelled()
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str)) or v is None}
+    if result.adapter_dir is None:  # a reward model: an artifact for later rounds, not a policy
+        return {"stage": config.stage, "reward_model_dir": str(result.model_dir), "metrics": metrics}
+
+    final_dir = inputs.output_dir / "adapter"
+    if Path(result.adapter_dir) != final_dir:
+        shutil.copytree(result.adapter_dir, final_dir, dirs_exist_ok=True)
+    with session_scope(engine) as s:
+        name = next_version_name(session=s)
+        version = PolicyVersion(
+            name=name, base_model=parent.base_model, adapter_path=str(final_dir), served_name=name,
+            parent_id=parent.id, job_id=job.id, snapshot_id=job.config.get("snapshot_id"), stage=config.stage,
+            train_config={**asdict(config), "stage_config": asdict(stage_config)}, metrics=metrics, status="candidate",
+        )
+        s.add(version)
+        s.flush()
+        audit.record(session=s, actor=f"worker:job-{job.id}", action="policy.create", target=f"policy:{version.id}",
+                     details={"name": name, "parent": parent.name, "stage": config.stage})
+    out = {"stage": config.stage, "policy_version": name, "parent": parent.name, "metrics": metrics}
+    if config.evaluate:
+        reporter.progress(stage_config.max_steps, None, log=f"evaluating {name} against {parent.name}")
+        evaluation = evaluate(engine=engine, candidate=name, baseline=parent.name, config=GateConfig(**config.gate))
+        with session_scope(engine) as s:
+            s.scalar(select(PolicyVersion).where(PolicyVersion.name == name)).evaluation = evaluation
+        out["gate"] = {k: evaluation.get(k) for k in ("win_rate", "win_rate_ci95", "accuracy", "baseline_accuracy", "passed")}
+    return out
+
+
+@jobs.register("train")
+def run_train_job(*, engine: Engine, job, reporter: jobs.Reporter) -> dict[str, Any]:
+    return run_round(engine=engine, job=job, reporter=reporter)
