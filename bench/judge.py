@@ -23,30 +23,34 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, for `feedback`, `judges`, `tests`
+# Not the script's own folder (bench/queue.py would shadow the standard library's `queue`), but
+# the repo root, for `db`, `feedback`, `judges` and `tests`.
+_BENCH_DIR = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH_DIR]
+sys.path.insert(0, str(_BENCH_DIR.parent))
 
-import argparse  # noqa: E402
-import datetime as dt  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
-from dataclasses import asdict  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import datetime as dt
+import os
+import platform
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict
+from typing import Any
 
-import torch  # noqa: E402
-from sqlalchemy import Engine, select  # noqa: E402
+import torch
+from sqlalchemy import Engine, select
 
-from db.engine import make_engine, session_scope  # noqa: E402
-from db.migrate import upgrade  # noqa: E402
-from db.models import Item, Judgment, Label, Prompt, Response  # noqa: E402
-from feedback import jobs  # noqa: E402
-from feedback.policies import ensure_base_policy  # noqa: E402
-from feedback.prompts import canonical_messages, content_hash  # noqa: E402
-from judges.backends.base import JudgeReply, JudgeRequest  # noqa: E402
-from judges.batch import JudgeConfig, run_judging  # noqa: E402
-from judges.constitutions import DEFAULT_PRINCIPLES, ensure_shipped, save_constitution  # noqa: E402
+from db.engine import make_engine, session_scope
+from db.migrate import upgrade
+from db.models import Item, Judgment, Label, Prompt, Response
+from feedback import jobs
+from feedback.policies import ensure_base_policy
+from feedback.prompts import canonical_messages, content_hash
+from judges.backends.base import JudgeReply, JudgeRequest
+from judges.batch import JudgeConfig, run_judging
+from judges.constitutions import DEFAULT_PRINCIPLES, ensure_shipped, save_constitution
 
 HELPFUL = "bench-helpful"  # a one-principle constitution: DEFAULT_PRINCIPLES[0]
 
@@ -68,7 +72,7 @@ def machine_line() -> str:
 
 def load_line() -> str:
     try:
-        return "load average %.2f %.2f %.2f" % os.getloadavg()
+        return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     except OSError:
         return "load average unavailable"
 
@@ -127,38 +131,55 @@ def fmt(x: float | None, spec: str = ".3f") -> str:
 
 
 def bench_throughput(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
+    import tests.anthropic_stub as stub_module
     from judges.backends import get_backend
     from tests.anthropic_stub import AnthropicStub, prefer_shorter
 
     say(f"\n## 1. Throughput vs the bound (anthropic backend -> local stub, latency {args.latency:g} s)")
+    # The stub's handler (http.server) writes the headers and the body as two small TCP segments
+    # with Nagle's algorithm on; the client's delayed ACK then holds the body back ~40 ms per
+    # request. "nodelay" sets TCP_NODELAY on the stub's sockets (a harness fix, no app change).
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.stub_nodelay]
     rows = []
-    with AnthropicStub(decide=prefer_shorter, latency_s=args.latency) as stub:
-        backend = get_backend("anthropic", base_url=stub.base_url, api_key="sk-bench")
-        # Warm-up outside the timing: SDK imports, the first connection.
-        backend.complete(JudgeRequest(system="warm-up", user="<response_1>\nx\n</response_1>\n"
-                                                          "<response_2>\nyy\n</response_2>"))
-        for c in args.concurrency:
-            engine = fresh_engine(workdir, f"throughput-c{c}")
-            seed_synthetic_pairs(engine, args.pairs)
-            config = JudgeConfig(backend="anthropic", max_items=args.pairs, concurrency=c)
-            job_id = judge_job(engine, config)
-            sent_before = len(stub.requests_to("/v1/messages"))
-            t0 = time.perf_counter()
-            result = run_judging(engine=engine, config=config, job_id=job_id, backend=backend)
-            wall = time.perf_counter() - t0
-            sent = len(stub.requests_to("/v1/messages")) - sent_before
-            engine.dispose()
-            rate = result["judged"] / wall
-            bound = c / (2 * args.latency)
-            row = {"concurrency": c, "pairs": result["judged"], "requests": sent, "seconds": wall,
-                   "labels_s": rate, "bound": bound, "ratio": rate / bound, "outcomes": result["outcomes"]}
-            rows.append(row)
-            say(f"  C={c}: {result['judged']} pairs ({sent} requests) in {wall:.2f} s = {rate:.2f} labels/s, "
-                f"bound {bound:.2f}, ratio {rate / bound:.3f}; outcomes {result['outcomes']}")
+    saved = stub_module._Handler.disable_nagle_algorithm
+    try:
+        for nodelay in modes:
+            stub_module._Handler.disable_nagle_algorithm = nodelay
+            stub_name = "stub + TCP_NODELAY" if nodelay else "stub as shipped"
+            with AnthropicStub(decide=prefer_shorter, latency_s=args.latency) as stub:
+                backend = get_backend("anthropic", base_url=stub.base_url, api_key="sk-bench")
+                # Warm-up outside the timing: SDK imports, the first connection.
+                backend.complete(JudgeRequest(system="warm-up", user="<response_1>\nx\n</response_1>\n"
+                                                                  "<response_2>\nyy\n</response_2>"))
+                for c in args.concurrency:
+                    engine = fresh_engine(workdir, f"throughput-{'nodelay' if nodelay else 'shipped'}-c{c}")
+                    seed_synthetic_pairs(engine, args.pairs)
+                    config = JudgeConfig(backend="anthropic", max_items=args.pairs, concurrency=c)
+                    job_id = judge_job(engine, config)
+                    sent_before = len(stub.requests_to("/v1/messages"))
+                    t0 = time.perf_counter()
+                    result = run_judging(engine=engine, config=config, job_id=job_id, backend=backend)
+                    wall = time.perf_counter() - t0
+                    sent = len(stub.requests_to("/v1/messages")) - sent_before
+                    engine.dispose()
+                    rate = result["judged"] / wall
+                    bound = c / (2 * args.latency)
+                    # What each worker spent per pair beyond its two stub latencies (client, SDK, stub, SQLite).
+                    overhead_ms = (wall * c / max(1, result["judged"]) - 2 * args.latency) * 1000
+                    rows.append({"stub": stub_name, "concurrency": c, "pairs": result["judged"], "requests": sent,
+                                 "seconds": wall, "labels_s": rate, "bound": bound, "ratio": rate / bound,
+                                 "overhead_ms": overhead_ms, "outcomes": result["outcomes"]})
+                    say(f"  {stub_name}, C={c}: {result['judged']} pairs ({sent} requests) in {wall:.2f} s = "
+                        f"{rate:.2f} labels/s, bound {bound:.2f}, ratio {rate / bound:.3f}; "
+                        f"outcomes {result['outcomes']}")
+    finally:
+        stub_module._Handler.disable_nagle_algorithm = saved
     say()
-    say(table(["concurrency", "pairs", "seconds", "labels/s", "bound C/(2L)", "ratio", "goal >= 0.8"],
-              [[r["concurrency"], r["pairs"], f"{r['seconds']:.2f}", f"{r['labels_s']:.2f}", f"{r['bound']:.2f}",
-                f"{r['ratio']:.3f}", "met" if r["ratio"] >= 0.8 else "NOT met"] for r in rows]))
+    say(table(["stub", "concurrency", "pairs", "seconds", "labels/s", "bound C/(2L)", "ratio", "goal >= 0.8",
+               "overhead ms/pair/worker"],
+              [[r["stub"], r["concurrency"], r["pairs"], f"{r['seconds']:.2f}", f"{r['labels_s']:.2f}",
+                f"{r['bound']:.2f}", f"{r['ratio']:.3f}", "met" if r["ratio"] >= 0.8 else "NOT met",
+                f"{r['overhead_ms']:.0f}"] for r in rows]))
     return rows
 
 
@@ -346,6 +367,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, default=64, help="pairs for the throughput runs (default 64)")
     p.add_argument("--latency", type=float, default=0.2, help="stub latency per request, seconds (default 0.2)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8], help="default 1 4 8")
+    p.add_argument("--stub-nodelay", choices=["off", "on", "both"], default="both",
+                   help="TCP_NODELAY on the stub's sockets: off (as shipped), on, or both tables (default)")
     p.add_argument("--local-pairs", type=int, default=16, help="pairs for local-judge throughput (default 16)")
     p.add_argument("--canary-limit", type=int, default=0,
                    help="first K canaries only (0 = all 52, -1 = skip the canaries)")
@@ -355,11 +378,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1234, help="base sampling seed (+1000 per round)")
     p.add_argument("--skip", nargs="*", default=[], choices=["throughput", "local", "agreement"],
                    help="parts to skip")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads for the local model (default: torch's own choice)")
     p.add_argument("--workdir", default=None, help="where the SQLite files go (default: a temporary directory)")
     return p
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = dt.datetime.now().astimezone()
     t_start = time.perf_counter()
     say(f"date: {started:%Y-%m-%d %H:%M %Z}")

@@ -17,7 +17,11 @@ There are `--slack` more items than the claims need (default: one per annotator)
 many slots as claims, the last thread left running can be owed only the second slot of an item it
 already holds (nobody gets an item twice) and would stall; see tests/test_concurrency.py.
 
-    .venv/bin/python bench/queue.py [--annotators 20 --submissions 50 --overlap 2]
+By default nobody reads: each annotator submits the moment its next item arrives. That is a
+closed loop of N clients, so mean latency = N / throughput (Little's law) however fair the
+database is; --think-ms adds the time a person spends on an item before clicking.
+
+    .venv/bin/python bench/queue.py [--annotators 20 --submissions 50 --overlap 2] [--think-ms 0]
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ import datetime as dt  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import random  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
 import sqlite3  # noqa: E402
@@ -66,6 +71,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotators", type=int, default=20, help="concurrent annotator threads")
     p.add_argument("--submissions", type=int, default=50, help="labels each annotator submits")
     p.add_argument("--overlap", type=int, default=2, help="distinct annotators per item")
+    p.add_argument("--think-ms", type=float, default=0.0,
+                   help="reading time before each submit, uniform in 0.5x-1.5x (0: submit at once, a stress test)")
     p.add_argument("--slack", type=int, default=None,
                    help="items beyond what the claims need (default: one per annotator)")
     p.add_argument("--databases", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
@@ -123,7 +130,7 @@ def postgres_server() -> Iterator[str | None]:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
     finally:
         subprocess.run(_as_postgres_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True)
+                       check=False, capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -165,6 +172,7 @@ def run(name: str, url: str, engine, args: argparse.Namespace) -> Result:
 
     def annotator(uid: int) -> None:
         mine, acked, dry = [], [], 0
+        rng = random.Random(uid)
         try:
             current = claim(uid)
             start.wait()
@@ -172,6 +180,8 @@ def run(name: str, url: str, engine, args: argparse.Namespace) -> Result:
                 if current is None:
                     dry += 1
                     break
+                if args.think_ms:
+                    time.sleep(rng.uniform(0.5, 1.5) * args.think_ms / 1000)
                 submission_id = uuid.uuid4().hex
                 began = time.perf_counter()
                 with session_scope(engine) as s:
@@ -275,6 +285,7 @@ def goal_line(results: list[Result], args: argparse.Namespace) -> str:
            and sqlite_result.duplicates == 0 and not sqlite_result.errors)
     others = all(r.lost == 0 and r.duplicates == 0 and not r.errors for r in results)
     at = "" if args.annotators == 20 else f" (this run: {args.annotators} annotators)"
+    at += f" (think time {args.think_ms:g} ms)" if args.think_ms else ""
     return (f"Goal: p95 under {GOAL_P95_MS:.0f} ms at 20 annotators on SQLite, 0 lost, 0 duplicates{at}: "
             f"{'MET' if met else 'NOT MET'} (SQLite p95 {sqlite_result.percentile(95):.1f} ms, "
             f"lost {sqlite_result.lost}, duplicates {sqlite_result.duplicates}); "
@@ -284,7 +295,8 @@ def goal_line(results: list[Result], args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     wanted = {d.strip() for d in args.databases.split(",") if d.strip()}
-    print(f"# queue bench: {args.annotators} annotators x {args.submissions} submissions, overlap {args.overlap}")
+    print(f"# queue bench: {args.annotators} annotators x {args.submissions} submissions, overlap {args.overlap}, "
+          f"think time {args.think_ms:g} ms")
     print(f"# {dt.date.today()}  {machine()}  SQLite {sqlite3.sqlite_version}")
     results = []
     if "sqlite" in wanted:

@@ -23,19 +23,24 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, for `feedback`
+_BENCH_DIR = Path(__file__).resolve().parent
+# Run as a script, sys.path[0] is bench/ itself, where a module such as bench/queue.py would
+# shadow the stdlib module of that name (torch imports `queue`): put the repo root (for
+# `feedback`) in its place.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH_DIR]
+sys.path.insert(0, str(_BENCH_DIR.parent))
 
-import argparse  # noqa: E402
-import datetime as dt  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
 
-import torch  # noqa: E402
+import torch
 
-from feedback.policy.base import Messages, SamplingParams  # noqa: E402
+from feedback.policy.base import Messages, SamplingParams
 
 # Varied on purpose: one-liners next to long multi-paragraph prompts, so batches need padding
 # and the length sort in the client has something to do.
@@ -48,31 +53,45 @@ PROMPTS: list[str] = [
     "Explain what a hash table is in two sentences.",
     "What is 17 times 23? Show your working.",
     "List five vegetables that grow well in shade.",
-    "My sourdough starter smells like nail polish remover and has a layer of grey liquid on top. "
-    "I feed it once a day with equal weights of flour and water and keep it on the kitchen counter, "
-    "which is quite warm in summer. Is it dead, and what should I change?",
-    "Summarise the following paragraph in one sentence: The city council met on Tuesday evening to "
-    "discuss the proposed bicycle lanes on Main Street. Supporters argued that the lanes would "
-    "reduce traffic accidents and encourage healthier commuting, while shop owners worried that "
-    "removing parking spaces would drive customers away. After three hours of debate, the council "
-    "voted to run a six-month trial on one section of the street and to collect data on both "
-    "accidents and shop revenue before making a final decision.",
-    "I am writing a cover letter for a junior data analyst job. I have a degree in biology, I taught "
-    "myself SQL and Python over the last year, and I built a small dashboard that tracks bird "
-    "sightings in my town using public data. Write an opening paragraph that makes the career "
-    "change sound like a strength rather than a weakness.",
-    "Here is a Python function:\n\ndef f(xs):\n    out = []\n    for x in xs:\n        if x not in out:\n"
-    "            out.append(x)\n    return out\n\nWhat does it do, what is its time complexity, and how "
-    "would you make it faster while keeping the order of the elements?",
-    "Compare renting and buying a home for someone who expects to move cities within four years. "
-    "Consider transaction costs, maintenance, flexibility, and the risk of house prices falling. "
-    "Finish with a short recommendation.",
-    "A train leaves station A at 9:00 travelling at 80 km/h towards station B, 240 km away. Another "
-    "train leaves B at 9:30 travelling at 100 km/h towards A. At what time do they meet, and how far "
-    "from A? Explain each step.",
-    "Write a short, friendly reminder email to a colleague who has not yet sent their part of the "
-    "quarterly report. The deadline is Friday, the manager has already asked twice, and you do not "
-    "want to sound annoyed. Keep it under 100 words.",
+    (
+        "My sourdough starter smells like nail polish remover and has a layer of grey liquid on top. "
+        "I feed it once a day with equal weights of flour and water and keep it on the kitchen counter, "
+        "which is quite warm in summer. Is it dead, and what should I change?"
+    ),
+    (
+        "Summarise the following paragraph in one sentence: The city council met on Tuesday evening to "
+        "discuss the proposed bicycle lanes on Main Street. Supporters argued that the lanes would "
+        "reduce traffic accidents and encourage healthier commuting, while shop owners worried that "
+        "removing parking spaces would drive customers away. After three hours of debate, the council "
+        "voted to run a six-month trial on one section of the street and to collect data on both "
+        "accidents and shop revenue before making a final decision."
+    ),
+    (
+        "I am writing a cover letter for a junior data analyst job. I have a degree in biology, I taught "
+        "myself SQL and Python over the last year, and I built a small dashboard that tracks bird "
+        "sightings in my town using public data. Write an opening paragraph that makes the career "
+        "change sound like a strength rather than a weakness."
+    ),
+    (
+        "Here is a Python function:\n\ndef f(xs):\n    out = []\n    for x in xs:\n        if x not in out:\n"
+        "            out.append(x)\n    return out\n\nWhat does it do, what is its time complexity, and how "
+        "would you make it faster while keeping the order of the elements?"
+    ),
+    (
+        "Compare renting and buying a home for someone who expects to move cities within four years. "
+        "Consider transaction costs, maintenance, flexibility, and the risk of house prices falling. "
+        "Finish with a short recommendation."
+    ),
+    (
+        "A train leaves station A at 9:00 travelling at 80 km/h towards station B, 240 km away. Another "
+        "train leaves B at 9:30 travelling at 100 km/h towards A. At what time do they meet, and how far "
+        "from A? Explain each step."
+    ),
+    (
+        "Write a short, friendly reminder email to a colleague who has not yet sent their part of the "
+        "quarterly report. The deadline is Friday, the manager has already asked twice, and you do not "
+        "want to sound annoyed. Keep it under 100 words."
+    ),
     "Why is the sky blue?",
 ]
 
@@ -163,7 +182,8 @@ def machine_line() -> str:
 
 def load_line() -> str:
     try:
-        return "load average %.2f %.2f %.2f" % os.getloadavg()
+        one, five, fifteen = os.getloadavg()
+        return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
     except OSError:
         return "load average unavailable"
 

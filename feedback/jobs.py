@@ -7,8 +7,6 @@ job interrupted, so nothing stays "running" forever.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -23,6 +21,7 @@ from db.engine import session_scope
 from db.models import Job, utcnow
 from feedback import audit
 from feedback.errors import UserError
+from feedback.launchers import get_launcher
 from feedback.settings import PROJECT_ROOT
 
 HEARTBEAT_EVERY_S = 5.0
@@ -41,7 +40,7 @@ class Cancelled(Exception):
 # (feedback.sampling registers "sample"), so the worker never needs to know them all.
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {}
 RUNNER_MODULES = {"sample": "feedback.sampling", "judge": "judges.batch", "grade": "judges.grading",
-                  "train": "training.rounds"}
+                  "train": "training.rounds", "loop": "training.loop"}
 
 
 def register(kind: str):
@@ -99,25 +98,24 @@ def child_env(kind: str) -> dict[str, str]:
     """The worker's environment: ours, minus secrets its kind does not use."""
     # Training rounds may run the evaluation gate with an AI judge, so they keep the judge keys too.
     keep = {"judge": {"ANTHROPIC_API_KEY", "JUDGE_API_KEY"},
-            "train": {"ANTHROPIC_API_KEY", "JUDGE_API_KEY"}}.get(kind, set())
+            "train": {"ANTHROPIC_API_KEY", "JUDGE_API_KEY"},
+            "loop": {"ANTHROPIC_API_KEY", "JUDGE_API_KEY"}}.get(kind, set())
     env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV_VARS or k in keep}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     return env
 
 
-def start_detached(*, job: Job, database_url: str, log_dir: Path | None = None) -> int:
-    """Start a worker process for `job` that outlives the caller (page rerun, app restart)."""
+def start_detached(*, job: Job, database_url: str, log_dir: Path | None = None) -> int | str:
+    """Start a worker for `job` that outlives the caller (page rerun, app restart), through the
+    launcher JOB_LAUNCHER names (feedback.launchers): a local process by default (returns its
+    pid, an int) or a Ray job (returns its submission id, a str)."""
     log_dir = log_dir or PROJECT_ROOT / "var" / "jobs"
     log_dir.mkdir(parents=True, exist_ok=True)
     env = child_env(job.kind)
     env["DATABASE_URL"] = database_url
-    with open(log_dir / f"job-{job.id}.log", "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "feedback", "jobs", "work", str(job.id)],
-            cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,  # not killed with the Streamlit process or its rerun
-        )
-    return proc.pid
+    handle = get_launcher().launch(job_id=job.id, kind=job.kind, database_url=database_url, env=env,
+                                   log_path=log_dir / f"job-{job.id}.log")
+    return int(handle) if handle.isdigit() else handle
 
 
 class Reporter:

@@ -113,16 +113,25 @@ def _response(prompt: Prompt, version: PolicyVersion, c: Completion, params: dic
     )
 
 
+def store_responses(*, session: Session, prompt: Prompt, version: PolicyVersion, completions: list[Completion],
+                    params: dict[str, Any], job_id: int | None = None) -> list[Response]:
+    """Store one prompt's responses, each with how it was made; returns them with their ids."""
+    responses = [_response(prompt, version, c, params, job_id) for c in completions]
+    session.add_all(responses)
+    session.flush()
+    return responses
+
+
 def record_samples(
     *, session: Session, prompt: Prompt, version: PolicyVersion, completions: list[Completion],
     params: dict[str, Any], items: ItemsMode = "pair", job_id: int | None = None,
     versus: tuple[PolicyVersion, list[Completion], dict[str, Any]] | None = None,
 ) -> tuple[int, int]:
     """Store the responses to one prompt and the items made from them: (pairs, singles)."""
-    responses = [_response(prompt, version, c, params, job_id) for c in completions]
-    other = [_response(prompt, versus[0], c, versus[2], job_id) for c in versus[1]] if versus else []
-    session.add_all(responses + other)
-    session.flush()
+    responses = store_responses(session=session, prompt=prompt, version=version, completions=completions,
+                                params=params, job_id=job_id)
+    other = store_responses(session=session, prompt=prompt, version=versus[0], completions=versus[1],
+                            params=versus[2], job_id=job_id) if versus else []
     n_pairs = n_singles = 0
     if items in ("pair", "both"):
         if versus:

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
         default=PROJECT_ROOT / ".cache" / "models",
         description="Where prepared models (safetensors directories) are kept.",
     )
+    policies_dir: Path = Field(
+        default=PROJECT_ROOT / "var" / "policies",
+        description="Where training rounds write checkpoints and adapters (a new directory per round).",
+    )
     anthropic_api_key: SecretStr | None = Field(
         default=None,
         description="Anthropic API key for the AI judge. A secret: never logged, stored or passed to child processes.",

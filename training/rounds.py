@@ -3,7 +3,7 @@ its lineage -> the evaluation gate. Runs as a 'train' job in a detached worker; 
 allows one queued or running training job at a time (a partial unique index on jobs).
 
 Resuming an interrupted round continues from its newest checkpoint in the round's directory
-(var/policies/round-<job id>, a new directory per round so a vLLM server never serves a stale
+(POLICIES_DIR/round-<job id>, a new directory per round so a vLLM server never serves a stale
 adapter under a reused path).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from feedback import audit, jobs
 from feedback.errors import UserError
 from feedback.model_cache import resolve_model_dir
 from feedback.policies import active_policy, next_version_name, policy_by_name
-from feedback.settings import PROJECT_ROOT, get_settings
+from feedback.settings import get_settings
 from feedback.users import require_role
 from training.callbacks import JobCallback
 from training.evaluate import GateConfig, evaluate
@@ -33,7 +33,6 @@ from training.stages.base import STAGE_MODULES, StageInputs, latest_checkpoint, 
 
 LABEL_STAGES = ("sft", "reward", "dpo", "kto")
 GRADER_STAGES = ("grpo", "rloo", "ppo")
-ROUNDS_DIR = PROJECT_ROOT / "var" / "policies"
 
 
 @dataclass
@@ -106,10 +105,11 @@ def _inputs(session: Session, config: RoundConfig, job: Job, parent: PolicyVersi
     from judges.graders import as_reward_func, parse_grader
 
     settings = get_settings()
-    output_dir = ROUNDS_DIR / f"round-{job.id}"
+    output_dir = settings.policies_dir / f"round-{job.id}"
     resume = latest_checkpoint(output_dir) is not None
     inputs = StageInputs(
-        model_dir=str(resolve_model_dir(parent.base_model, cache_dir=settings.model_cache_dir)),
+        # A full fine-tune parent is its own model; an adapter parent continues from its adapter.
+        model_dir=parent.model_path or str(resolve_model_dir(parent.base_model, cache_dir=settings.model_cache_dir)),
         output_dir=output_dir, parent_adapter=parent.adapter_path,
         reference_adapter=parent.adapter_path if config.reference == "parent" else None, resume=resume,
     )
@@ -152,16 +152,21 @@ def run_round(*, engine: Engine, job: Job, reporter: jobs.Reporter) -> dict[str,
     if callback.cancelled:
         raise jobs.Cancelled()
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str)) or v is None}
-    if result.adapter_dir is None:  # a reward model: an artifact for later rounds, not a policy
+    if config.stage == "reward":  # a reward model: an artifact for later rounds, not a policy
         return {"stage": config.stage, "reward_model_dir": str(result.model_dir), "metrics": metrics}
 
-    final_dir = inputs.output_dir / "adapter"
-    if Path(result.adapter_dir) != final_dir:
-        shutil.copytree(result.adapter_dir, final_dir, dirs_exist_ok=True)
+    adapter_dir = model_dir = None
+    if result.adapter_dir is not None:
+        adapter_dir = inputs.output_dir / "adapter"
+        if Path(result.adapter_dir) != adapter_dir:
+            shutil.copytree(result.adapter_dir, adapter_dir, dirs_exist_ok=True)
+    else:  # a full fine-tune (use_lora off): served as its own model directory
+        model_dir = result.model_dir
     with session_scope(engine) as s:
         name = next_version_name(session=s)
         version = PolicyVersion(
-            name=name, base_model=parent.base_model, adapter_path=str(final_dir), served_name=name,
+            name=name, base_model=parent.base_model, served_name=name,
+            adapter_path=str(adapter_dir) if adapter_dir else None, model_path=str(model_dir) if model_dir else None,
             parent_id=parent.id, job_id=job.id, snapshot_id=job.config.get("snapshot_id"), stage=config.stage,
             train_config={**asdict(config), "stage_config": asdict(stage_config)}, metrics=metrics, status="candidate",
         )

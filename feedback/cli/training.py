@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from feedback.cli.common import follow_job, get_engine
+from feedback.cli.common import follow_job, get_engine, run_job_inline
 from feedback.errors import UserError
 
 
@@ -28,6 +28,20 @@ def cmd_train(args) -> None:
     job = follow_job(job, detach=args.detach, unit="step")
     if job:
         print(f"job {job.id}: {json.dumps(job.result, default=str)}")
+
+
+def cmd_loop(args) -> None:
+    from dataclasses import asdict
+
+    from training.loop import LoopConfig
+
+    config = LoopConfig(**{**_load_config(args.config), "rounds": args.rounds, "labeler": args.labeler,
+                           **({"grader": args.grader} if args.grader else {}),
+                           **({"reward_job": args.reward_job} if args.reward_job else {})})
+    job = run_job_inline("loop", asdict(config), args.detach, "round")
+    if job:
+        for row in job.result["rounds"]:
+            print(json.dumps(row, default=str))
 
 
 def cmd_policy_list(args) -> None:
@@ -65,6 +79,15 @@ def add_commands(sub) -> None:
     p.add_argument("--parent", help="policy version to improve (default: the active one)")
     p.add_argument("--detach", action="store_true", help="run as a background job and return at once")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("loop", help="online iterative DPO: sample K, label best-vs-worst, train, promote, repeat")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--labeler", default="grader", choices=("grader", "judge", "reward"))
+    p.add_argument("--grader", help="grader spec for the grader labeler (default: numeric)")
+    p.add_argument("--reward-job", type=int, help="the reward-model round to score with (reward labeler)")
+    p.add_argument("--config", help="a JSON file with LoopConfig fields (samples_per_prompt, stage_config, gate, ...)")
+    p.add_argument("--detach", action="store_true", help="run as a background job and return at once")
+    p.set_defaults(func=cmd_loop)
 
     policy = sub.add_parser("policy", help="policy versions").add_subparsers(dest="policy_command", required=True)
     policy.add_parser("list", help="versions with lineage and gate results").set_defaults(func=cmd_policy_list)

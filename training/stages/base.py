@@ -80,7 +80,7 @@ def trainer_kwargs(cfg: CommonConfig, inputs: StageInputs) -> dict[str, Any]:
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, logging_steps=cfg.logging_steps,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed,
         use_cpu=on_cpu(), bf16=not on_cpu() and torch.cuda.is_bf16_supported(),
-        gradient_checkpointing=False, report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+        activation_checkpointing=False, report_to=[], disable_tqdm=True, dataloader_num_workers=0,
     )
 
 
@@ -126,8 +126,75 @@ def load_reference(inputs: StageInputs):
 
 
 def latest_checkpoint(output_dir: Path) -> str | None:
-    checkpoints = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(checkpoints[-1]) if checkpoints else None
+    """The newest complete checkpoint. transformers writes trainer_state.json last (and our PPO
+    renames a finished directory into place), so a worker killed mid-save leaves a directory
+    without it, which is skipped rather than resumed from."""
+    complete = [p for p in Path(output_dir).glob("checkpoint-*")
+                if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()]
+    return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
+
+
+def use_reference_adapter(model, inputs: StageInputs, *, needed: bool = True) -> None:
+    """Give a PEFT policy the reference `inputs` asks for; call it once the TRL trainer is built.
+
+    TRL's DPO/KTO/GRPO/RLOO trainers take reference log-probs from an adapter named "ref" when the
+    model has one, else with all adapters disabled (the base). Handed a PeftModel (a parent adapter)
+    they add "ref" as a copy of it, which would make the parent the reference even when the round
+    asked for the base. So: drop that copy, and load the reference adapter, frozen, under that name.
+    needed=False (no KL term) only drops it.
+    """
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        return
+    if "ref" in model.peft_config:
+        model.delete_adapter("ref")
+    if needed and inputs.reference_adapter:
+        model.load_adapter(inputs.reference_adapter, adapter_name="ref", is_trainable=False)
+
+
+def rows_dataset(rows: list[dict[str, Any]], required: set[str], stage_name: str):
+    """A datasets.Dataset of a stage's rows, after checking they have the columns it trains on."""
+    from datasets import Dataset
+
+    from feedback.errors import UserError
+
+    if not rows:
+        raise UserError(f"{stage_name}: no training rows.")
+    missing = required - set(rows[0])
+    if missing:
+        raise UserError(f"{stage_name} rows need {', '.join(sorted(required))} (missing {', '.join(sorted(missing))}).")
+    return Dataset.from_list(rows)
+
+
+def run_trainer(trainer, inputs: StageInputs, log_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Train (from the newest checkpoint when resuming) and return the metrics every stage reports,
+    plus `log_keys` from the last logged training step."""
+    from training.stages.safe_checkpoints import without_pickle
+
+    checkpoint = latest_checkpoint(inputs.output_dir) if inputs.resume else None
+    output = without_pickle(trainer).train(resume_from_checkpoint=checkpoint)
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    last = logged[-1] if logged else {}
+    return {"train_loss": output.training_loss, "global_step": trainer.state.global_step,
+            "resumed_from": checkpoint, "first_loss": logged[0]["loss"] if logged else None,
+            "last_loss": last.get("loss"), **{key: last[key] for key in log_keys if key in last}}
+
+
+def save_policy(trainer, inputs: StageInputs) -> StageResult:
+    """The trained policy as safetensors: the LoRA adapter in output_dir/adapter (without TRL's
+    "ref" copy), or with use_lora off the full model in output_dir/model."""
+    from peft import PeftModel
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if isinstance(model, PeftModel):
+        adapter_dir = Path(inputs.output_dir) / "adapter"
+        model.save_pretrained(adapter_dir, selected_adapters=["default"])
+        return StageResult(adapter_dir=adapter_dir)
+    model_dir = Path(inputs.output_dir) / "model"
+    model.save_pretrained(model_dir)
+    trainer.processing_class.save_pretrained(model_dir)
+    return StageResult(model_dir=model_dir)
 
 
 # stage name -> module defining CONFIG (a dataclass) and main(cfg, inputs)

@@ -1,0 +1,195 @@
+"""Online iterative DPO, unattended (as RLHFlow / OpenRLHF do it): for R rounds, sample K
+responses per prompt from the current policy, score them (a grader against references, a trained
+reward model, or the AI judge), store best-vs-worst as a labelled pair, train a DPO round on
+exactly those labels, run the gate, promote, and go again from the new policy.
+
+Everything it does is ordinary data: responses, items and labels in the database (with the
+policy version that produced them), a snapshot and a 'train' job per round, a policy version with
+its lineage. The loop itself is a 'loop' job whose result holds the per-round table.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from sqlalchemy import Engine
+
+from db.engine import session_scope
+from db.models import Item, Label, PolicyVersion, Prompt
+from feedback import jobs
+from feedback.errors import UserError
+from feedback.policies import active_policy, promote
+from feedback.policy import SamplingParams, client_for
+from feedback.policies import policy_by_name
+from feedback.sampling import select_prompts, store_responses
+from training.deploy import deploy
+from training.rounds import RoundConfig, start_round
+
+Labeler = Literal["grader", "judge", "reward"]
+
+
+@dataclass
+class LoopConfig:
+    rounds: int = 3
+    labeler: Labeler = "grader"
+    grader: str = "numeric"  # labeler grader: scores against the prompts' references
+    judge_backend: str = "local"  # labeler judge
+    judge_model: str | None = None
+    constitution: str = "default"
+    reward_job: int | None = None  # labeler reward: the reward model that training job produced
+    prompts_per_round: int = 32
+    samples_per_prompt: int = 4  # K
+    temperature: float = 1.0
+    max_new_tokens: int = 64
+    tags: list[str] = field(default_factory=list)
+    stage_config: dict[str, Any] = field(default_factory=dict)  # DPO settings for every round
+    promote: Literal["gate", "always"] = "gate"  # promote only when the gate passes, or every round
+    gate: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.samples_per_prompt < 2:
+            raise UserError("rounds >= 1 and at least 2 samples per prompt.")
+        if self.labeler not in ("grader", "judge", "reward"):
+            raise UserError("labeler is grader, judge or reward.")
+        if self.labeler == "reward" and not self.reward_job:
+            raise UserError("The reward labeler needs --reward-job (a finished reward-model round).")
+
+
+class _Scorer:
+    """Turns one prompt's K responses into (best index, worst index), or None when they tie."""
+
+    def __init__(self, engine: Engine, config: LoopConfig):
+        self.config = config
+        self.rng = random.Random(config.seed)
+        if config.labeler == "grader":
+            from judges.graders import parse_grader
+
+            self.grader = parse_grader(config.grader)
+            self.source, self.producer = "grader", f"grader:{self.grader.spec}"
+        elif config.labeler == "judge":
+            from judges.backends import get_backend
+            from judges.constitutions import ensure_shipped, latest_constitution
+
+            self.judge = get_backend(config.judge_backend, **({"model": config.judge_model} if config.judge_model else {}))
+            with session_scope(engine) as s:
+                ensure_shipped(session=s)
+                constitution = latest_constitution(session=s, name=config.constitution)
+                self.principles, self.constitution_id = constitution.principles, constitution.id
+            self.source, self.producer = "judge", f"{config.judge_backend}:{self.judge.model}"
+        else:
+            from db.models import Job
+
+            with session_scope(engine, read_only=True) as s:
+                job = s.get(Job, config.reward_job)
+                path = (job.result or {}).get("reward_model_dir") if job else None
+            if not path:
+                raise UserError(f"Job {config.reward_job} did not produce a reward model.")
+            from training.reward_model import RewardScorer
+
+            self.reward = RewardScorer(path)
+            self.source, self.producer = "grader", f"reward-model:job-{config.reward_job}"
+
+    def best_and_worst(self, messages, reference, texts: list[str]) -> tuple[int, int, dict] | None:
+        if self.config.labeler == "judge":
+            from judges.pairwise import choose_principles, judge_pair
+
+            a, b = 0, next((k for k in range(1, len(texts)) if texts[k].strip() != texts[0].strip()), None) or 1
+            result = judge_pair(backend=self.judge, messages=messages, text_a=texts[a], text_b=texts[b],
+                                principles=choose_principles(self.principles, "sample", self.rng))
+            if result.outcome not in ("a", "b"):
+                return None
+            return ((a, b) if result.outcome == "a" else (b, a)) + ({"outcome": result.outcome, "orders": result.raw["orders"]},)
+        if self.config.labeler == "grader":
+            if reference is None:
+                return None
+            scores = [self.grader.grade(t, reference) for t in texts]
+        else:
+            scores = self.reward.score(messages, texts)
+        best = max(range(len(texts)), key=scores.__getitem__)
+        worst = min(range(len(texts)), key=scores.__getitem__)
+        if scores[best] <= scores[worst]:
+            return None  # nothing to learn from a prompt where every answer scored the same
+        return best, worst, {"scores": scores}
+
+
+def _collect(engine: Engine, config: LoopConfig, scorer: _Scorer, version: PolicyVersion, job_id: int,
+             round_no: int) -> int:
+    """Sample, score and store best-vs-worst pairs with their labels; returns the pair count."""
+    with session_scope(engine, read_only=True) as s:
+        prompts = select_prompts(session=s, version_id=version.id, limit=config.prompts_per_round, tags=config.tags)
+        if config.labeler == "grader":
+            prompts = [p for p in prompts if p.reference is not None]
+    if not prompts:
+        raise UserError("No train prompts to sample (with references, for the grader labeler).")
+    params = SamplingParams(temperature=config.temperature, top_p=1.0, max_new_tokens=config.max_new_tokens,
+                            n=config.samples_per_prompt, seed=config.seed + round_no)
+    completions = client_for(version).generate([p.messages for p in prompts], params)
+    made = {**params.as_dict(), "backend": f"loop:{version.name}", "loop_job": job_id, "round": round_no}
+    pairs = 0
+    for prompt, outs in zip(prompts, completions):
+        if len(outs) < 2:
+            continue
+        picked = scorer.best_and_worst(prompt.messages, prompt.reference, [c.text for c in outs])
+        with session_scope(engine) as s:
+            responses = store_responses(session=s, prompt=s.get(Prompt, prompt.id),
+                                        version=s.get(PolicyVersion, version.id), completions=outs, params=made,
+                                        job_id=job_id)
+            if picked is None:
+                continue
+            best, worst, evidence = picked
+            item = Item(kind="pair", prompt_id=prompt.id, response_a_id=responses[best].id,
+                        response_b_id=responses[worst].id, job_id=job_id)
+            s.add(item)
+            s.flush()
+            s.add(Label(item_id=item.id, kind="pairwise", choice="a", source=scorer.source, producer=scorer.producer,
+                        constitution_id=getattr(scorer, "constitution_id", None),
+                        provenance={"loop_job": job_id, "round": round_no, **evidence},
+                        submission_id=f"loop-{job_id}-{item.id}"))
+            pairs += 1
+    return pairs
+
+
+def run_loop(*, engine: Engine, config: LoopConfig, job_id: int, reporter: jobs.Reporter | None = None) -> dict[str, Any]:
+    scorer = _Scorer(engine, config)
+    table = []
+    for round_no in range(1, config.rounds + 1):
+        with session_scope(engine, read_only=True) as s:
+            version = active_policy(session=s)
+        started = datetime.now(timezone.utc).isoformat()
+        if reporter:
+            reporter.progress(round_no - 1, config.rounds, log=f"round {round_no}: sampling from {version.name}")
+        pairs = _collect(engine, config, scorer, version, job_id, round_no)
+        if pairs == 0:
+            table.append({"round": round_no, "policy": version.name, "pairs": 0, "note": "no informative pairs"})
+            continue
+        round_config = RoundConfig(stage="dpo", stage_config=config.stage_config, parent=version.name,
+                                   snapshot={"sources": [scorer.source], "policy_versions": [version.name],
+                                             "since": started},
+                                   gate=config.gate, evaluate=True)
+        with session_scope(engine) as s:
+            train_job = start_round(session=s, config=round_config, actor=f"worker:loop-{job_id}")
+        done = jobs.run_job(engine=engine, job_id=train_job.id)
+        if done.status != "succeeded":
+            raise UserError(f"round {round_no}: training job {done.id} {done.status}: {done.error}")
+        gate = done.result.get("gate") or {}
+        new_name = done.result["policy_version"]
+        promoted = config.promote == "always" or bool(gate.get("passed"))
+        if promoted:
+            with session_scope(engine) as s:
+                deploy(version=policy_by_name(session=s, name=new_name))
+                promote(session=s, name=new_name, actor=f"worker:loop-{job_id}")
+        table.append({"round": round_no, "parent": version.name, "policy": new_name, "pairs": pairs,
+                      "train_job": done.id, "win_rate": gate.get("win_rate"), "win_rate_ci95": gate.get("win_rate_ci95"),
+                      "accuracy": gate.get("accuracy"), "parent_accuracy": gate.get("baseline_accuracy"),
+                      "promoted": promoted})
+        if reporter:
+            reporter.progress(round_no, config.rounds, log=f"round {round_no}: {table[-1]}")
+    return {"rounds": table, "config": asdict(config)}
+
+
+@jobs.register("loop")
+def run_loop_job(*, engine: Engine, job, reporter: jobs.Reporter) -> dict[str, Any]:
+    return run_loop(engine=engine, config=LoopConfig(**job.config), job_id=job.id, reporter=reporter)

@@ -1,0 +1,578 @@
+"""PPO for language models, the project's own: TRL removed PPOTrainer in 1.13, so this file is the
+whole algorithm on torch + transformers + peft + accelerate (Ouyang et al. 2022 / Ziegler et al.
+2019 style, as the old TRL PPOTrainer did it).
+
+One step = one rollout followed by a few epochs of clipped updates on it:
+
+    1. sample completions for `rollout_batch_size` prompts from the current policy
+    2. score them: reward functions (graders, judges) and/or a trained reward model -> one scalar each
+    3. per-token reward = -kl_coef * (logp - ref_logp), plus the scalar at the completion's last token
+    4. GAE over the completion tokens with the value head's estimates -> advantages and returns
+    5. `ppo_epochs` passes of mini-batches: clipped policy loss + vf_coef * clipped value loss
+
+The policy is the base model with a LoRA adapter (what vLLM hot-loads); the value head is a single
+Linear on the policy's last hidden state, trained jointly. The reference is the same network with
+the adapter switched off, so it costs no extra memory, unless the round names a reference adapter.
+
+Everything runs through `accelerate.Accelerator`, so `accelerate launch -m ...` on N GPUs runs N
+copies that each sample their own share of prompts and average gradients (DDP). Batch sizes below
+are per device. Checkpoints are safetensors + JSON only: nothing is pickled, so a checkpoint from
+an untrusted directory cannot execute code on resume.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+from feedback.errors import UserError
+from training.stages.base import (
+    CommonConfig, StageInputs, StageResult, cfg_field, latest_checkpoint, load_policy, load_reference, on_cpu,
+)
+
+log = logging.getLogger(__name__)
+
+SAVE_TOTAL_LIMIT = 2  # checkpoints kept on disk, as trainer_kwargs() sets for the TRL stages
+
+
+@dataclass
+class PPOConfig(CommonConfig):
+    """PPO hyper-parameters. A step is one rollout: `max_steps` counts rollouts, not optimizer
+    updates. per_device_train_batch_size is not used: rollout_batch_size and mini_batch_size set
+    PPO's batch shapes (each optimizer update sees mini_batch_size * gradient_accumulation_steps
+    samples per device)."""
+
+    rollout_batch_size: int = cfg_field(8, "Prompts sampled per rollout on each device (one completion each); one rollout is one step.")
+    ppo_epochs: int = cfg_field(4, "Passes over each rollout before sampling a fresh one (more = more sample-efficient, less on-policy).")
+    mini_batch_size: int = cfg_field(4, "Samples per forward/backward pass on each device; must divide rollout_batch_size.")
+    max_new_tokens: int = cfg_field(64, "Longest sampled completion in tokens; prompts are cut from the left to fit max_length.")
+    temperature: float = cfg_field(0.7, "Sampling temperature; log-probs use the same temperature, so the updates stay on-policy.")
+    top_p: float = cfg_field(1.0, "Nucleus sampling; values below 1 make the samples slightly off-policy (the loss sees the full distribution).")
+    gamma: float = cfg_field(1.0, "Discount per token; 1.0 because the reward is for the whole completion.")
+    lam: float = cfg_field(0.95, "GAE lambda: 1.0 = Monte-Carlo returns (high variance), 0 = one-step TD (biased by the value head).")
+    cliprange: float = cfg_field(0.2, "PPO ratio clip: an update may move a token's probability by at most this factor (+-20%).")
+    cliprange_value: float = cfg_field(0.2, "Value clip: a new value estimate may move at most this far (in reward units) from the rollout's.")
+    vf_coef: float = cfg_field(0.1, "Weight of the value loss next to the policy loss (they share the LoRA trunk).")
+    kl_coef: float = cfg_field(0.05, "Initial weight of the per-token KL penalty to the reference (nats -> reward units).")
+    adaptive_kl: bool = cfg_field(False, "Adapt kl_coef towards target_kl with Ziegler et al.'s proportional controller.")
+    target_kl: float = cfg_field(6.0, "Adaptive KL target: KL(policy || reference) per completion, summed over tokens, in nats.")
+    kl_horizon: int = cfg_field(10000, "Adaptive KL horizon in samples: larger = kl_coef moves more slowly.")
+    whiten_advantages: bool = cfg_field(True, "Normalise advantages to mean 0 / std 1 within each rollout (steadier step sizes).")
+    reward_weights: list = cfg_field([], "One weight per reward function, in order (empty = 1.0 each); rewards are summed with these weights.")
+    reward_model_weight: float = cfg_field(1.0, "Weight of the reward model's score when the round supplies a reward model.")
+    max_grad_norm: float = cfg_field(1.0, "Clip the global gradient norm to this before every optimizer update.")
+
+
+CONFIG = PPOConfig
+
+
+# --- the model: policy + value head ------------------------------------------------------------
+
+
+class ValueHead(nn.Module):
+    """V(s): the return expected from this token on, read off the policy's last hidden state.
+    Zero-initialised, so it predicts 0 until trained and cannot disturb the first rollouts."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.summary.weight)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.float()).squeeze(-1)
+
+
+class PolicyAndValue(nn.Module):
+    """One module for accelerate to prepare, so DDP averages the LoRA and value-head grads together."""
+
+    def __init__(self, policy: nn.Module, value_head: ValueHead):
+        super().__init__()
+        self.policy = policy
+        self.value_head = value_head
+
+    def forward(self, input_ids, attention_mask, position_ids, n_completion: int):
+        """Logits predicting each of the last `n_completion` tokens (B, T, V), and the value of the
+        state before each of them (B, T)."""
+        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          output_hidden_states=True, use_cache=False, logits_to_keep=n_completion + 1)
+        values = self.value_head(out.hidden_states[-1][:, -n_completion - 1:-1])
+        return out.logits[:, :-1], values
+
+
+# --- pure helpers (unit-tested) ------------------------------------------------------------------
+
+
+def adaptive_kl_update(kl_coef: float, current_kl: float, target_kl: float, n_samples: int, horizon: int) -> float:
+    """Ziegler et al. (2019) proportional controller: nudge kl_coef so the observed KL drifts to
+    the target. The error is clipped to +-20% so one odd batch cannot swing the coefficient."""
+    error = min(max(current_kl / target_kl - 1.0, -0.2), 0.2)
+    return kl_coef * (1.0 + error * n_samples / horizon)
+
+
+def completion_mask(completion_ids: torch.Tensor, eos_ids: torch.Tensor) -> torch.Tensor:
+    """True for the generated tokens up to and including the first EOS; what follows is padding
+    (generate pads finished rows, and pad is often the EOS token itself)."""
+    is_eos = torch.isin(completion_ids, eos_ids).long()
+    return (is_eos.cumsum(dim=1) - is_eos) == 0
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    x = x.masked_fill(~mask, 0.0)  # where(), not *: a NaN in a padded slot must not leak in
+    if dim is None:
+        return x.sum() / mask.sum().clamp(min=1)
+    return x.sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return ((x - mean) * torch.rsqrt(var + 1e-8)).masked_fill(~mask, 0.0)
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation over the completion tokens (B, T). Masked slots have zero
+    reward and zero value, so the episode ends at each row's last real token."""
+    rewards = rewards.masked_fill(~mask, 0.0)
+    values = values.masked_fill(~mask, 0.0)
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    returns = advantages + values
+    return advantages.masked_fill(~mask, 0.0), returns
+
+
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log p(ids) under logits (B, T, V), without materialising a second (B, T, V) tensor."""
+    return logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+
+
+# --- checkpoints: safetensors + JSON, never pickle -----------------------------------------------
+
+
+def flatten_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors for safetensors, everything else for JSON) from optimizer.state_dict()."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for param_id, param_state in state_dict["state"].items():
+        for key, value in param_state.items():
+            if torch.is_tensor(value):
+                tensors[f"{param_id}.{key}"] = value.detach().cpu().clone().contiguous()
+            else:
+                scalars[f"{param_id}.{key}"] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                              current_groups: list[dict[str, Any]]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = defaultdict(dict)
+    for flat, value in [*tensors.items(), *meta["scalars"].items()]:
+        param_id, key = flat.split(".", 1)
+        state[int(param_id)][key] = value
+    groups = []
+    for saved, current in zip(meta["param_groups"], current_groups):
+        # JSON turned tuples (Adam's betas) into lists; give them back their type.
+        groups.append({k: tuple(v) if isinstance(current.get(k), tuple) else v for k, v in saved.items()})
+    return {"state": dict(state), "param_groups": groups}
+
+
+def save_checkpoint(path: Path, *, policy, tokenizer, value_head: nn.Module, optimizer, trainer_state: dict) -> None:
+    """Write into tmp-<name> and rename, so a run killed mid-save never leaves a checkpoint-N
+    that resume would pick up half-written."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name("tmp-" + path.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp)  # LoRA: adapter_model.safetensors + adapter_config.json; else the full model
+    if not hasattr(policy, "peft_config"):
+        tokenizer.save_pretrained(tmp)  # a full model checkpoint must load on its own
+    save_file({k: v.detach().cpu().contiguous() for k, v in value_head.state_dict().items()},
+              str(tmp / "value_head.safetensors"))
+    tensors, meta = flatten_optimizer_state(optimizer.state_dict())
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "optimizer.json").write_text(json.dumps(meta))
+    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    # Keep the newest SAVE_TOTAL_LIMIT; older ones only cost disk.
+    ckpts = sorted(path.parent.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    for old in ckpts[:-SAVE_TOTAL_LIMIT]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint_state(path: Path, *, value_head: nn.Module, optimizer) -> dict:
+    from safetensors.torch import load_file
+
+    value_head.load_state_dict(load_file(str(path / "value_head.safetensors")))
+    meta = json.loads((path / "optimizer.json").read_text())
+    optimizer.load_state_dict(unflatten_optimizer_state(load_file(str(path / "optimizer.safetensors")), meta,
+                                                        optimizer.state_dict()["param_groups"]))
+    return json.loads((path / "trainer_state.json").read_text())
+
+
+# --- callbacks: the subset of transformers' CallbackHandler a round relies on --------------------
+
+
+class Callbacks:
+    """Calls TrainerCallback hooks the way Trainer does: (args, state, control, **kwargs), and a
+    returned TrainerControl replaces ours. Hooks a callback lacks are skipped."""
+
+    def __init__(self, callbacks: list[Any], args: Any, state, control):
+        self.callbacks, self.args, self.state, self.control = callbacks, args, state, control
+
+    def fire(self, event: str, **kwargs: Any) -> None:
+        for callback in self.callbacks:
+            hook = getattr(callback, event, None)
+            if hook is None:
+                continue
+            result = hook(self.args, self.state, self.control, **kwargs)
+            if result is not None:
+                self.control = result
+
+
+# --- rewards ---------------------------------------------------------------------------------------
+
+
+def is_conversational(prompt: Any) -> bool:
+    return isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt)
+
+
+class RewardModel:
+    """A sequence-classification reward model: score(prompt, completion) = its single logit on the
+    chat-formatted conversation."""
+
+    def __init__(self, model_dir: str, device: torch.device, max_length: int):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.truncation_side = "left"  # keep the completion, which is what is being judged
+        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model.to(device).eval().requires_grad_(False)
+        self.device, self.max_length = device, max_length
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[Any], completions: list[str]) -> list[float]:
+        texts = []
+        for prompt, completion in zip(prompts, completions):
+            if is_conversational(prompt):
+                texts.append(self.tokenizer.apply_chat_template(
+                    [*prompt, {"role": "assistant", "content": completion}], tokenize=False))
+            else:
+                texts.append(prompt + completion)
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                             add_special_tokens=False, return_tensors="pt").to(self.device)
+        return self.model(**enc).logits[:, 0].float().tolist()
+
+
+def score_completions(rows: list[dict[str, Any]], texts: list[str], completion_ids: list[list[int]],
+                      reward_funcs: list[Callable[..., list[float]]], weights: list[float],
+                      reward_model: RewardModel | None, reward_model_weight: float,
+                      trainer_state) -> tuple[torch.Tensor, dict[str, float]]:
+    """The weighted sum of all reward sources per completion, and each source's mean for the logs.
+    Reward functions get TRL's signature: prompts, completions (messages when the prompt is
+    messages), completion_ids, and every other column of the rows as a list keyword."""
+    prompts = [row["prompt"] for row in rows]
+    completions = [[{"role": "assistant", "content": t}] if is_conversational(p) else t for p, t in zip(prompts, texts)]
+    columns = sorted({k for row in rows for k in row} - {"prompt", "completion", "completion_ids"})
+    extra = {k: [row.get(k) for row in rows] for k in columns}
+    total = torch.zeros(len(rows))
+    by_source: dict[str, float] = {}
+    for func, weight in zip(reward_funcs, weights):
+        raw = func(prompts=prompts, completions=completions, completion_ids=completion_ids,
+                   trainer_state=trainer_state, **extra)
+        # None = "not applicable" (TRL's convention): that source adds nothing for this sample.
+        scores = torch.tensor([math.nan if s is None else float(s) for s in raw])
+        total += weight * torch.nan_to_num(scores, nan=0.0)
+        by_source[getattr(func, "__name__", "reward_func")] = float(scores.nanmean()) if scores.isfinite().any() else 0.0
+    if reward_model is not None:
+        scores = torch.tensor(reward_model(prompts, texts))
+        total += reward_model_weight * scores
+        by_source["reward_model"] = float(scores.mean())
+    return total, by_source
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+
+def _validate(cfg: PPOConfig, inputs: StageInputs) -> None:
+    if not inputs.train_rows:
+        raise UserError("PPO needs prompts to sample from (train_rows is empty).")
+    if not inputs.reward_funcs and not inputs.reward_model_dir:
+        raise UserError("PPO needs a reward: a grader/judge reward function or a trained reward model.")
+    if cfg.reward_weights and len(cfg.reward_weights) != len(inputs.reward_funcs):
+        raise UserError(f"reward_weights has {len(cfg.reward_weights)} entries for {len(inputs.reward_funcs)} reward functions.")
+    if cfg.rollout_batch_size % cfg.mini_batch_size:
+        raise UserError(f"mini_batch_size {cfg.mini_batch_size} must divide rollout_batch_size {cfg.rollout_batch_size}.")
+    if (cfg.rollout_batch_size // cfg.mini_batch_size) % cfg.gradient_accumulation_steps:
+        raise UserError("gradient_accumulation_steps must divide rollout_batch_size / mini_batch_size.")
+    if cfg.max_length <= cfg.max_new_tokens:
+        raise UserError(f"max_length {cfg.max_length} leaves no room for a prompt next to max_new_tokens {cfg.max_new_tokens}.")
+    if cfg.temperature <= 0:
+        raise UserError("temperature must be > 0 (PPO needs sampling).")
+
+
+def _load_models(cfg: PPOConfig, inputs: StageInputs, checkpoint: str | None):
+    """(policy, tokenizer, separate reference or None). A LoRA checkpoint is loaded as the parent
+    adapter (trainable); a full-model checkpoint as the model directory."""
+    load_from = inputs
+    if checkpoint:
+        load_from = replace(inputs, parent_adapter=checkpoint) if cfg.use_lora else replace(inputs, model_dir=checkpoint)
+    policy, tokenizer, peft_config = load_policy(cfg, load_from)
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        policy = get_peft_model(policy, peft_config)
+    # With LoRA the reference is the same weights with the adapter off; a full fine-tune, or a
+    # round that names a reference adapter, needs its own frozen copy.
+    reference = load_reference(inputs) if (inputs.reference_adapter or not cfg.use_lora) else None
+    return policy, tokenizer, reference
+
+
+def main(cfg: PPOConfig, inputs: StageInputs) -> StageResult:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import GenerationConfig, TrainerControl, TrainerState
+
+    _validate(cfg, inputs)
+    bf16 = not on_cpu() and torch.cuda.is_bf16_supported()
+    accelerator = Accelerator(cpu=on_cpu(), mixed_precision="bf16" if bf16 else "no",
+                              gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    device = accelerator.device
+    output_dir = Path(inputs.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    set_seed(cfg.seed)  # the same LoRA init on every process
+    checkpoint = latest_checkpoint(output_dir) if inputs.resume else None
+    policy, tokenizer, reference = _load_models(cfg, inputs, checkpoint)
+    tokenizer.padding_side = "left"  # generation appends on the right, so prompts pad on the left
+    tokenizer.truncation_side = "left"  # a long prompt keeps its end, next to the answer
+    value_head = ValueHead(policy.config.hidden_size)
+    model = PolicyAndValue(policy, value_head)
+    # LoRA weights and the value head; weight decay 0: LoRA is small and starts at zero.
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                                  weight_decay=0.0)
+    saved: dict[str, Any] = {}
+    if checkpoint:
+        saved = load_checkpoint_state(Path(checkpoint), value_head=value_head, optimizer=optimizer)
+        log.info("resuming PPO from %s (step %d)", checkpoint, saved["global_step"])
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if reference is not None:
+        reference.to(device)
+    reward_model = RewardModel(inputs.reward_model_dir, device, cfg.max_length) if inputs.reward_model_dir else None
+    weights = [float(w) for w in cfg.reward_weights] or [1.0] * len(inputs.reward_funcs)
+
+    eos_ids = {tokenizer.eos_token_id}
+    gen_eos = policy.generation_config.eos_token_id
+    eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    eos_ids_t = torch.tensor(sorted(eos_ids), device=device)
+    # Explicit, so a model's generation_config (top_k=50, repetition_penalty, ...) cannot make the
+    # samples come from a different distribution than the one the loss computes.
+    generation_config = GenerationConfig(
+        do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, max_new_tokens=cfg.max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos_ids), use_cache=True,
+    )
+
+    # Data order: one shuffle per epoch, seeded, indexed by step, so a resumed run sees exactly
+    # the prompts it would have seen; each process takes its own slice of the global batch.
+    n_rows, n_proc = len(inputs.train_rows), accelerator.num_processes
+    global_batch = cfg.rollout_batch_size * n_proc
+    max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * n_rows / global_batch)
+    permutations: dict[int, list[int]] = {}
+
+    def rows_for(step: int) -> list[dict[str, Any]]:
+        picked = []
+        start = (step - 1) * global_batch + accelerator.process_index * cfg.rollout_batch_size
+        for pos in range(start, start + cfg.rollout_batch_size):
+            epoch, i = divmod(pos, n_rows)
+            if epoch not in permutations:
+                permutations[epoch] = torch.randperm(n_rows, generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+            picked.append(inputs.train_rows[permutations[epoch][i]])
+        return picked
+
+    def encode_prompts(rows: list[dict[str, Any]]):
+        texts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
+                 if is_conversational(r["prompt"]) else str(r["prompt"]) for r in rows]
+        return tokenizer(texts, padding=True, truncation=True, max_length=cfg.max_length - cfg.max_new_tokens,
+                         add_special_tokens=False, return_tensors="pt").to(device)
+
+    args = SimpleNamespace(output_dir=str(output_dir), max_steps=max_steps, logging_steps=cfg.logging_steps,
+                           save_steps=cfg.save_steps, learning_rate=cfg.learning_rate, seed=cfg.seed,
+                           num_train_epochs=cfg.num_train_epochs)
+    state = TrainerState(max_steps=max_steps, logging_steps=cfg.logging_steps, save_steps=cfg.save_steps,
+                         train_batch_size=cfg.rollout_batch_size, is_local_process_zero=accelerator.is_local_main_process,
+                         is_world_process_zero=accelerator.is_main_process)
+    state.global_step = saved.get("global_step", 0)
+    state.log_history = saved.get("log_history", [])
+    callbacks = Callbacks(inputs.callbacks, args, state, TrainerControl())
+    kl_coef = saved.get("kl_coef", cfg.kl_coef)
+    reward_first = saved.get("mean_reward_first")
+    loss_sum, loss_count = saved.get("loss_sum", 0.0), saved.get("loss_count", 0)
+    logs: dict[str, float] = dict(state.log_history[-1]) if state.log_history else {}
+    callbacks.fire("on_train_begin", model=policy, processing_class=tokenizer)
+
+    for step in range(state.global_step + 1, max_steps + 1):
+        set_seed(cfg.seed + step, device_specific=True)  # a resumed run samples what the original would have
+        rows = rows_for(step)
+        unwrapped = accelerator.unwrap_model(model)
+
+        # 1. rollout: sample, then score every sampled token under policy, reference and value head
+        with torch.no_grad(), accelerator.autocast():
+            prompt = encode_prompts(rows)
+            unwrapped.eval()
+            sequences = unwrapped.policy.generate(**prompt, generation_config=generation_config)
+            n_prompt = prompt["input_ids"].shape[1]
+            completion_ids = sequences[:, n_prompt:]
+            mask = completion_mask(completion_ids, eos_ids_t)
+            attention_mask = torch.cat([prompt["attention_mask"].bool(), mask], dim=1).long()
+            position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # left padding: count real tokens only
+            T = completion_ids.shape[1]
+            logits, values = unwrapped(sequences, attention_mask, position_ids, T)
+            values = values.float()
+            logprobs = token_logprobs(logits.float() / cfg.temperature, completion_ids)
+            del logits
+            if reference is None:
+                with unwrapped.policy.disable_adapter():
+                    ref_logits = unwrapped.policy(input_ids=sequences, attention_mask=attention_mask,
+                                                  position_ids=position_ids, use_cache=False, logits_to_keep=T + 1).logits
+            else:
+                ref_logits = reference(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids,
+                                       use_cache=False, logits_to_keep=T + 1).logits
+            ref_logprobs = token_logprobs(ref_logits[:, :-1].float() / cfg.temperature, completion_ids)
+            del ref_logits
+
+        # 2. rewards: one scalar per completion from every source, weighted
+        kept_ids = [ids[m].tolist() for ids, m in zip(completion_ids, mask)]
+        texts = tokenizer.batch_decode([ids[m] for ids, m in zip(completion_ids, mask)], skip_special_tokens=True)
+        scores, by_source = score_completions(rows, texts, kept_ids, inputs.reward_funcs, weights, reward_model,
+                                              cfg.reward_model_weight, state)
+        scores = scores.to(device)
+
+        # 3. per-token rewards: the KL penalty on every token, the score on the last real one
+        kl = (logprobs - ref_logprobs).masked_fill(~mask, 0.0)  # nats per token (k1 estimator)
+        rewards = -kl_coef * kl
+        last = mask.sum(1) - 1
+        rewards[torch.arange(len(rows), device=device), last] += scores
+
+        # 4. advantages and value targets
+        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+
+        # 5. clipped PPO updates on mini-batches of this rollout
+        model.train()
+        stats = defaultdict(list)
+        for _ in range(cfg.ppo_epochs):
+            for idx in torch.randperm(len(rows), device=device).split(cfg.mini_batch_size):
+                with accelerator.accumulate(model):
+                    mb_mask = mask[idx]
+                    new_logits, vpred = model(sequences[idx], attention_mask[idx], position_ids[idx], T)
+                    new_logits = new_logits.float() / cfg.temperature
+                    new_logprobs = token_logprobs(new_logits, completion_ids[idx])
+                    ratio = torch.exp(new_logprobs - logprobs[idx])
+                    pg_losses = torch.max(-advantages[idx] * ratio,
+                                          -advantages[idx] * ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange))
+                    pg_loss = masked_mean(pg_losses, mb_mask)
+                    vpred = vpred.float()
+                    v_clipped = values[idx] + (vpred - values[idx]).clamp(-cfg.cliprange_value, cfg.cliprange_value)
+                    vf_loss = 0.5 * masked_mean(torch.max((vpred - returns[idx]) ** 2, (v_clipped - returns[idx]) ** 2), mb_mask)
+                    loss = pg_loss + cfg.vf_coef * vf_loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                with torch.no_grad():
+                    stats["policy_loss"].append(pg_loss.item())
+                    stats["value_loss"].append(vf_loss.item())
+                    stats["loss"].append(loss.item())
+                    stats["entropy"].append(masked_mean(entropy_from_logits(new_logits), mb_mask).item())
+                    stats["approx_kl"].append(masked_mean(0.5 * (new_logprobs - logprobs[idx]) ** 2, mb_mask).item())
+                    stats["clipfrac"].append(masked_mean(((ratio - 1).abs() > cfg.cliprange).float(), mb_mask).item())
+                del new_logits
+
+        # Logging and the KL controller use all processes' samples, so every process agrees.
+        all_scores = accelerator.gather(scores.float())
+        seq_kl = accelerator.gather(kl.sum(1).float()).mean().item()  # nats per completion
+        lengths = accelerator.gather(mask.sum(1).float())
+        if cfg.adaptive_kl:
+            kl_coef = adaptive_kl_update(kl_coef, seq_kl, cfg.target_kl, global_batch, cfg.kl_horizon)
+        mean_reward = all_scores.mean().item()
+        reward_first = mean_reward if reward_first is None else reward_first
+        loss_sum += sum(stats["loss"])
+        loss_count += len(stats["loss"])
+        logs = {k: sum(v) / len(v) for k, v in stats.items()}
+        logs.update({"reward": mean_reward, "reward_std": all_scores.std().item() if all_scores.numel() > 1 else 0.0,
+                     "kl": seq_kl, "kl_coef": kl_coef, "completion_length": lengths.mean().item(),
+                     "learning_rate": optimizer.param_groups[0]["lr"], "epoch": step * global_batch / n_rows,
+                     **{f"rewards/{name}": value for name, value in by_source.items()}})
+
+        state.global_step = step
+        state.epoch = logs["epoch"]
+        callbacks.fire("on_step_end", model=policy, processing_class=tokenizer)
+        if step % cfg.logging_steps == 0 or step == max_steps:
+            state.log_history.append({**logs, "step": step})
+            callbacks.fire("on_log", logs=logs, model=policy, processing_class=tokenizer)
+            if accelerator.is_main_process:
+                log.info("ppo step %d/%d: reward %.3f kl %.3f loss %.4f", step, max_steps, mean_reward, seq_kl, logs["loss"])
+        if cfg.save_steps > 0 and step % cfg.save_steps == 0:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                unwrapped = accelerator.unwrap_model(model)
+                save_checkpoint(output_dir / f"checkpoint-{step}", policy=unwrapped.policy, tokenizer=tokenizer,
+                                value_head=unwrapped.value_head, optimizer=optimizer, trainer_state=dict(
+                                    global_step=step, kl_coef=kl_coef, mean_reward_first=reward_first,
+                                    loss_sum=loss_sum, loss_count=loss_count, log_history=state.log_history))
+            accelerator.wait_for_everyone()
+            callbacks.fire("on_save", model=policy, processing_class=tokenizer)
+        # A cancel seen by any process stops them all at the same step (else DDP would hang).
+        stop = torch.tensor(float(callbacks.control.should_training_stop), device=device)
+        if accelerator.reduce(stop, reduction="sum").item() > 0:
+            log.info("ppo: stopped by a callback at step %d", step)
+            break
+
+    callbacks.fire("on_train_end", model=policy, processing_class=tokenizer)
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    final_dir = output_dir / ("adapter" if cfg.use_lora else "model")
+    if accelerator.is_main_process:
+        unwrapped.policy.save_pretrained(final_dir)  # safetensors: what vLLM hot-loads
+        if not cfg.use_lora:
+            tokenizer.save_pretrained(final_dir)
+    accelerator.wait_for_everyone()
+
+    metrics = {
+        "global_step": state.global_step,
+        "mean_reward_first": reward_first,
+        "mean_reward_last": logs.get("reward"),
+        "kl": logs.get("kl"),
+        "kl_coef": kl_coef,
+        "policy_loss": logs.get("policy_loss"),
+        "value_loss": logs.get("value_loss"),
+        "entropy": logs.get("entropy"),
+        "train_loss": loss_sum / loss_count if loss_count else None,
+    }
+    if cfg.use_lora:
+        return StageResult(adapter_dir=final_dir, metrics=metrics)
+    return StageResult(model_dir=final_dir, metrics=metrics)

@@ -1,0 +1,1 @@
+"""Training stages: one module per stage, each a config dataclass (CONFIG) and main(cfg, inputs)."""
