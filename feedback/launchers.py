@@ -23,7 +23,6 @@ on a trusted network (Ray's token authentication off by default).
 """
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from feedback.errors import UserError
-from feedback.settings import PROJECT_ROOT
+from feedback.settings import PROJECT_ROOT, get_settings
 
 DEFAULT_LAUNCHER = "local"
 DEFAULT_RAY_ADDRESS = "http://127.0.0.1:8265"
@@ -68,7 +67,7 @@ def register_launcher(name: str):
 
 def get_launcher(name: str | None = None) -> Launcher:
     """The launcher `name`, or the one JOB_LAUNCHER names (read now, so tests can set it)."""
-    name = (name or os.environ.get("JOB_LAUNCHER") or DEFAULT_LAUNCHER).strip().lower()
+    name = (name or get_settings().job_launcher or DEFAULT_LAUNCHER).strip().lower()
     if name not in LAUNCHERS:
         raise UserError(f"Unknown JOB_LAUNCHER {name!r} (known: {', '.join(sorted(LAUNCHERS))}).")
     return LAUNCHERS[name]()
@@ -123,12 +122,12 @@ class RayJobsLauncher:
         return JobSubmissionClient(self.resolved_address())
 
     def resolved_address(self) -> str:
-        return self.address or os.environ.get("RAY_ADDRESS") or DEFAULT_RAY_ADDRESS
+        return self.address or get_settings().ray_address or DEFAULT_RAY_ADDRESS
 
     def entrypoint(self, job_id: int) -> str:
         # cd: the same working directory a local worker has; the interpreter explicitly, because
         # `python` on a Ray node is whatever its PATH finds (here: the system one, without our deps).
-        python = self.python or os.environ.get("RAY_JOB_PYTHON") or sys.executable
+        python = self.python or get_settings().ray_job_python or sys.executable
         return f"cd {shlex.quote(str(PROJECT_ROOT))} && exec {shlex.join(worker_argv(job_id, python))}"
 
     def launch(self, *, job_id: int, kind: str, database_url: str, env: dict[str, str], log_path: Path) -> str:

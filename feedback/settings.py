@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     judge_api_key: SecretStr = Field(
         default=SecretStr("EMPTY"), description="Key for the OpenAI-compatible judge server; a secret like ANTHROPIC_API_KEY."
     )
+    job_launcher: str = Field(
+        default="local", description="How job workers start: 'local' (a detached process) or 'ray' (Ray Jobs)."
+    )
+    ray_address: str = Field(default="http://127.0.0.1:8265", description="Ray dashboard address for JOB_LAUNCHER=ray.")
+    ray_job_python: str | None = Field(
+        default=None, description="Python the Ray job runs (default: this interpreter; the cluster must share the venv)."
+    )
     import_max_bytes: int = Field(
         default=50 * 1024 * 1024, description="Largest prompt file accepted by an import, in bytes."
     )

@@ -24,6 +24,8 @@ PAGES = {
     "pages/data.py": ("Data", ("admin",)),
     "pages/queue.py": ("Queue", ("admin",)),
     "pages/users.py": ("Users", ("admin",)),
+    "pages/judge.py": ("AI judge", ("admin",)),
+    "pages/training.py": ("Training", ("admin",)),
 }
 
 

@@ -119,8 +119,8 @@ def test_checkpoints_are_safetensors_and_resume_where_they_stopped(tiny_model_di
     names = {p.name for p in checkpoint.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "value_head.safetensors", "optimizer.safetensors",
             "optimizer.json", "trainer_state.json"} <= names
-    # No pickles anywhere: weights and optimizer state are safetensors, the rest JSON (PEFT adds a model card).
-    assert all(p.suffix in {".safetensors", ".json"} or p.name == "README.md" for p in checkpoint.iterdir()), names
+    # No pickles anywhere: weights and optimizer state are safetensors, the rest JSON.
+    assert all(p.suffix in {".safetensors", ".json"} for p in checkpoint.iterdir()), names
     assert not [p for p in tmp_path.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}]
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == 4
     assert len(list((tmp_path / "a").glob("checkpoint-*"))) == 2
@@ -160,6 +160,31 @@ def test_reward_model_and_weighted_reward_functions(tiny_model_dir, tmp_path):
     assert logs["rewards/constant"] == 1.0 and logs["rewards/reward_model"] != 0.0
     assert logs["reward"] == pytest.approx(0.5)  # 0.5 * 1 + 2 * (nothing) + 0 * reward model
     assert seen["n"] == 4 and len(seen["reference"]) == 4 and all(isinstance(i, int) for i in seen["ids"][0])
+
+
+def test_parent_adapter_and_reference_choice(tiny_model_dir, tmp_path):
+    """Training continues from the parent's adapter; the KL is to the base (adapter disabled) by
+    default, or to the named reference adapter."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from training.stages.base import lora_config
+
+    parent = tmp_path / "parent"
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora_config(tiny_cfg()))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # the parent policy differs from the base
+    model.save_pretrained(parent)
+
+    to_base, to_parent = Recorder(), Recorder()
+    run(tiny_model_dir, tmp_path / "base-ref", tiny_cfg(max_steps=1), parent_adapter=str(parent), callbacks=[to_base])
+    run(tiny_model_dir, tmp_path / "parent-ref", tiny_cfg(max_steps=1), parent_adapter=str(parent),
+        reference_adapter=str(parent), callbacks=[to_parent])
+    assert to_base.logs[0]["kl"] > 1.0  # sampled before any update: policy = parent != base
+    assert abs(to_parent.logs[0]["kl"]) < 1e-2  # policy = parent = reference
 
 
 def test_adaptive_kl_controller():

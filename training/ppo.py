@@ -27,6 +27,7 @@ import math
 import shutil
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -203,6 +204,7 @@ def save_checkpoint(path: Path, *, policy, tokenizer, value_head: nn.Module, opt
     tmp = path.with_name("tmp-" + path.name)
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(tmp)  # LoRA: adapter_model.safetensors + adapter_config.json; else the full model
+    (tmp / "README.md").unlink(missing_ok=True)  # PEFT's empty model card: a checkpoint is weights + JSON
     if not hasattr(policy, "peft_config"):
         tokenizer.save_pretrained(tmp)  # a full model checkpoint must load on its own
     save_file({k: v.detach().cpu().contiguous() for k, v in value_head.state_dict().items()},
@@ -227,6 +229,21 @@ def load_checkpoint_state(path: Path, *, value_head: nn.Module, optimizer) -> di
     optimizer.load_state_dict(unflatten_optimizer_state(load_file(str(path / "optimizer.safetensors")), meta,
                                                         optimizer.state_dict()["param_groups"]))
     return json.loads((path / "trainer_state.json").read_text())
+
+
+@contextmanager
+def only_these_sampling_settings(model, generation_config):
+    """generate() fills every setting we leave unset from the model's own generation_config
+    (a shipped repetition_penalty, top_k=50, min_p, ...), which would sample from a different
+    distribution than the one the loss computes. Swap in ours for the call, so only it and
+    transformers' neutral defaults apply; the saved model keeps its own."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    original = base.generation_config
+    base.generation_config = generation_config
+    try:
+        yield
+    finally:
+        base.generation_config = original
 
 
 # --- callbacks: the subset of transformers' CallbackHandler a round relies on --------------------
@@ -387,8 +404,6 @@ def main(cfg: PPOConfig, inputs: StageInputs) -> StageResult:
     gen_eos = policy.generation_config.eos_token_id
     eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
     eos_ids_t = torch.tensor(sorted(eos_ids), device=device)
-    # Explicit, so a model's generation_config (top_k=50, repetition_penalty, ...) cannot make the
-    # samples come from a different distribution than the one the loss computes.
     generation_config = GenerationConfig(
         do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, max_new_tokens=cfg.max_new_tokens,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos_ids), use_cache=True,
@@ -441,7 +456,8 @@ def main(cfg: PPOConfig, inputs: StageInputs) -> StageResult:
         with torch.no_grad(), accelerator.autocast():
             prompt = encode_prompts(rows)
             unwrapped.eval()
-            sequences = unwrapped.policy.generate(**prompt, generation_config=generation_config)
+            with only_these_sampling_settings(unwrapped.policy, generation_config):
+                sequences = unwrapped.policy.generate(**prompt, generation_config=generation_config)
             n_prompt = prompt["input_ids"].shape[1]
             completion_ids = sequences[:, n_prompt:]
             mask = completion_mask(completion_ids, eos_ids_t)
@@ -518,15 +534,17 @@ def main(cfg: PPOConfig, inputs: StageInputs) -> StageResult:
         lengths = accelerator.gather(mask.sum(1).float())
         if cfg.adaptive_kl:
             kl_coef = adaptive_kl_update(kl_coef, seq_kl, cfg.target_kl, global_batch, cfg.kl_horizon)
+        local = {**{k: sum(v) / len(v) for k, v in stats.items()}, **{f"rewards/{k}": v for k, v in by_source.items()}}
+        keys = sorted(local)
+        logs = dict(zip(keys, accelerator.reduce(torch.tensor([local[k] for k in keys], device=device),
+                                                  reduction="mean").tolist()))
         mean_reward = all_scores.mean().item()
         reward_first = mean_reward if reward_first is None else reward_first
-        loss_sum += sum(stats["loss"])
+        loss_sum += logs["loss"] * len(stats["loss"])
         loss_count += len(stats["loss"])
-        logs = {k: sum(v) / len(v) for k, v in stats.items()}
         logs.update({"reward": mean_reward, "reward_std": all_scores.std().item() if all_scores.numel() > 1 else 0.0,
                      "kl": seq_kl, "kl_coef": kl_coef, "completion_length": lengths.mean().item(),
-                     "learning_rate": optimizer.param_groups[0]["lr"], "epoch": step * global_batch / n_rows,
-                     **{f"rewards/{name}": value for name, value in by_source.items()}})
+                     "learning_rate": optimizer.param_groups[0]["lr"], "epoch": step * global_batch / n_rows})
 
         state.global_step = step
         state.epoch = logs["epoch"]
