@@ -13,9 +13,10 @@ Lost and duplicate counts come from the database afterwards: lost = submissions 
 label to the client but whose submission id is not in the labels table; duplicates = label rows
 beyond one per (item, annotator), beyond one per submission id, or beyond `overlap` per item.
 
-There are `--slack` more items than the claims need (default: one per annotator): with exactly as
-many slots as claims, the last thread left running can be owed only the second slot of an item it
-already holds (nobody gets an item twice) and would stall; see tests/test_concurrency.py.
+There are `--slack` more items than the claims need (default: annotators + submissions). With
+exactly as many slots as claims, a thread left running alone at the end is owed only second slots
+of items it already holds (nobody gets an item twice) and runs dry; under SQLite's unfair lock
+waits one thread can fall 20+ claims behind, so the slack covers a whole thread's worth.
 
 By default nobody reads: each annotator submits the moment its next item arrives. That is a
 closed loop of N clients, so mean latency = N / throughput (Little's law) however fair the
@@ -74,7 +75,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--think-ms", type=float, default=0.0,
                    help="reading time before each submit, uniform in 0.5x-1.5x (0: submit at once, a stress test)")
     p.add_argument("--slack", type=int, default=None,
-                   help="items beyond what the claims need (default: one per annotator)")
+                   help="items beyond what the claims need (default: annotators + submissions)")
     p.add_argument("--databases", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     return p
 
@@ -154,7 +155,7 @@ def postgres_version(server_url: str) -> str:
 
 
 def run(name: str, url: str, engine, args: argparse.Namespace) -> Result:
-    slack = args.annotators if args.slack is None else args.slack
+    slack = args.annotators + args.submissions if args.slack is None else args.slack
     n_items = math.ceil(args.annotators * args.submissions / args.overlap) + slack
     with session_scope(engine) as s:
         set_queue(s, overlap=args.overlap, lease_seconds=600)

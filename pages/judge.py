@@ -15,7 +15,7 @@ from feedback.users import require_role
 from judges import calibration
 from judges.backends import backend_names
 from judges.batch import JudgeConfig
-from judges.constitutions import ensure_shipped, list_constitutions, save_constitution
+from judges.constitutions import DEFAULT_NAME, ensure_shipped, list_constitutions, save_constitution
 from pages.common import get_engine, job_progress_rows, require_page_role
 
 me = require_page_role("admin")
@@ -28,11 +28,12 @@ with session_scope(engine) as s:
 latest = {}
 for c in constitutions:
     latest[c.name] = c  # ordered by version: the last one wins
+default_index = list(latest).index(DEFAULT_NAME) if DEFAULT_NAME in latest else 0
 
 tab_run, tab_constitutions, tab_calibration = st.tabs(["Run a batch", "Constitutions", "Calibration"])
 
 with tab_constitutions:
-    name = st.selectbox("Constitution", list(latest), key="edit_constitution")
+    name = st.selectbox("Constitution", list(latest), index=default_index, key="edit_constitution")
     current = latest[name]
     st.caption(f"Version {current.version} · hash {current.content_hash[:12]}")
     edited = st.text_area("Principles, one per line", "\n".join(current.principles), height=180,
@@ -53,7 +54,7 @@ with tab_constitutions:
 with tab_run:
     with st.form("judge"):
         c1, c2, c3 = st.columns(3)
-        constitution = c1.selectbox("Constitution", list(latest))
+        constitution = c1.selectbox("Constitution", list(latest), index=default_index)
         backend = c2.selectbox("Backend", backend_names(), index=backend_names().index("local"))
         model = c3.text_input("Model (empty: the backend's default)")
         c1, c2, c3 = st.columns(3)

@@ -40,8 +40,8 @@ STARTS_WITH_TEXT = as_reward_func(parse_grader(r"regex:^\S"))
 
 
 def tiny_cfg(**overrides) -> PPOConfig:
-    base = dict(max_steps=4, learning_rate=5e-3, rollout_batch_size=4, mini_batch_size=2, ppo_epochs=1,
-                max_new_tokens=4, temperature=0.07, kl_coef=0.01, save_steps=0, max_length=128)
+    base = {"max_steps": 4, "learning_rate": 5e-3, "rollout_batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1,
+            "max_new_tokens": 4, "temperature": 0.07, "kl_coef": 0.01, "save_steps": 0, "max_length": 128}
     return PPOConfig(**{**base, **overrides})
 
 
@@ -192,8 +192,10 @@ def test_adaptive_kl_controller():
     assert adaptive_kl_update(0.1, current_kl=6.0, target_kl=6.0, n_samples=64, horizon=10000) == 0.1
     up = adaptive_kl_update(0.1, current_kl=6.6, target_kl=6.0, n_samples=100, horizon=1000)
     assert up == pytest.approx(0.1 * (1 + 0.1 * 0.1))
-    assert adaptive_kl_update(0.1, current_kl=600.0, target_kl=6.0, n_samples=100, horizon=1000) == pytest.approx(0.1 * 1.02)
-    assert adaptive_kl_update(0.1, current_kl=0.0, target_kl=6.0, n_samples=100, horizon=1000) == pytest.approx(0.1 * 0.98)
+    # The error is clipped to +-20%: a wild batch moves the coefficient no faster than that.
+    far_over = adaptive_kl_update(0.1, current_kl=600.0, target_kl=6.0, n_samples=100, horizon=1000)
+    far_under = adaptive_kl_update(0.1, current_kl=0.0, target_kl=6.0, n_samples=100, horizon=1000)
+    assert far_over == pytest.approx(0.1 * 1.02) and far_under == pytest.approx(0.1 * 0.98)
     # Repeatedly over target: the coefficient keeps growing; under target: keeps shrinking.
     coef = 0.1
     for _ in range(10):

@@ -38,7 +38,14 @@ from torch import nn
 
 from feedback.errors import UserError
 from training.stages.base import (
-    CommonConfig, StageInputs, StageResult, cfg_field, latest_checkpoint, load_policy, load_reference, on_cpu,
+    CommonConfig,
+    StageInputs,
+    StageResult,
+    cfg_field,
+    latest_checkpoint,
+    load_policy,
+    load_reference,
+    on_cpu,
 )
 
 log = logging.getLogger(__name__)
@@ -53,24 +60,39 @@ class PPOConfig(CommonConfig):
     PPO's batch shapes (each optimizer update sees mini_batch_size * gradient_accumulation_steps
     samples per device)."""
 
-    rollout_batch_size: int = cfg_field(8, "Prompts sampled per rollout on each device (one completion each); one rollout is one step.")
-    ppo_epochs: int = cfg_field(4, "Passes over each rollout before sampling a fresh one (more = more sample-efficient, less on-policy).")
-    mini_batch_size: int = cfg_field(4, "Samples per forward/backward pass on each device; must divide rollout_batch_size.")
-    max_new_tokens: int = cfg_field(64, "Longest sampled completion in tokens; prompts are cut from the left to fit max_length.")
-    temperature: float = cfg_field(0.7, "Sampling temperature; log-probs use the same temperature, so the updates stay on-policy.")
-    top_p: float = cfg_field(1.0, "Nucleus sampling; values below 1 make the samples slightly off-policy (the loss sees the full distribution).")
+    rollout_batch_size: int = cfg_field(
+        8, "Prompts sampled per rollout on each device (one completion each); one rollout is one step.")
+    ppo_epochs: int = cfg_field(
+        4, "Passes over each rollout before sampling a fresh one (more = more sample-efficient, less on-policy).")
+    mini_batch_size: int = cfg_field(
+        4, "Samples per forward/backward pass on each device; must divide rollout_batch_size.")
+    max_new_tokens: int = cfg_field(
+        64, "Longest sampled completion in tokens; prompts are cut from the left to fit max_length.")
+    temperature: float = cfg_field(
+        0.7, "Sampling temperature; log-probs use the same temperature, so the updates stay on-policy.")
+    top_p: float = cfg_field(
+        1.0, "Nucleus sampling; below 1 the samples are slightly off-policy (the loss sees the full distribution).")
     gamma: float = cfg_field(1.0, "Discount per token; 1.0 because the reward is for the whole completion.")
-    lam: float = cfg_field(0.95, "GAE lambda: 1.0 = Monte-Carlo returns (high variance), 0 = one-step TD (biased by the value head).")
-    cliprange: float = cfg_field(0.2, "PPO ratio clip: an update may move a token's probability by at most this factor (+-20%).")
-    cliprange_value: float = cfg_field(0.2, "Value clip: a new value estimate may move at most this far (in reward units) from the rollout's.")
+    lam: float = cfg_field(
+        0.95, "GAE lambda: 1.0 = Monte-Carlo returns (high variance), 0 = one-step TD (biased by the value head).")
+    cliprange: float = cfg_field(
+        0.2, "PPO ratio clip: an update may move a token's probability by at most this factor (+-20%).")
+    cliprange_value: float = cfg_field(
+        0.2, "Value clip: a new value estimate may move at most this far (in reward units) from the rollout's.")
     vf_coef: float = cfg_field(0.1, "Weight of the value loss next to the policy loss (they share the LoRA trunk).")
-    kl_coef: float = cfg_field(0.05, "Initial weight of the per-token KL penalty to the reference (nats -> reward units).")
-    adaptive_kl: bool = cfg_field(False, "Adapt kl_coef towards target_kl with Ziegler et al.'s proportional controller.")
-    target_kl: float = cfg_field(6.0, "Adaptive KL target: KL(policy || reference) per completion, summed over tokens, in nats.")
+    kl_coef: float = cfg_field(
+        0.05, "Initial weight of the per-token KL penalty to the reference (nats -> reward units).")
+    adaptive_kl: bool = cfg_field(
+        False, "Adapt kl_coef towards target_kl with Ziegler et al.'s proportional controller.")
+    target_kl: float = cfg_field(
+        6.0, "Adaptive KL target: KL(policy || reference) per completion, summed over tokens, in nats.")
     kl_horizon: int = cfg_field(10000, "Adaptive KL horizon in samples: larger = kl_coef moves more slowly.")
-    whiten_advantages: bool = cfg_field(True, "Normalise advantages to mean 0 / std 1 within each rollout (steadier step sizes).")
-    reward_weights: list = cfg_field([], "One weight per reward function, in order (empty = 1.0 each); rewards are summed with these weights.")
-    reward_model_weight: float = cfg_field(1.0, "Weight of the reward model's score when the round supplies a reward model.")
+    whiten_advantages: bool = cfg_field(
+        True, "Normalise advantages to mean 0 / std 1 within each rollout (steadier step sizes).")
+    reward_weights: list[float] = cfg_field(  # noqa: RUF009 - cfg_field copies a list default per instance
+        [], "One weight per reward function, in order (empty = 1.0 each); rewards are summed with these weights.")
+    reward_model_weight: float = cfg_field(
+        1.0, "Weight of the reward model's score when the round supplies a reward model.")
     max_grad_norm: float = cfg_field(1.0, "Clip the global gradient norm to this before every optimizer update.")
 
 
@@ -319,10 +341,13 @@ def score_completions(rows: list[dict[str, Any]], texts: list[str], completion_i
     for func, weight in zip(reward_funcs, weights):
         raw = func(prompts=prompts, completions=completions, completion_ids=completion_ids,
                    trainer_state=trainer_state, **extra)
+        if len(raw) != len(rows):
+            raise UserError(f"{getattr(func, '__name__', func)} returned {len(raw)} rewards for {len(rows)} completions.")
         # None = "not applicable" (TRL's convention): that source adds nothing for this sample.
         scores = torch.tensor([math.nan if s is None else float(s) for s in raw])
         total += weight * torch.nan_to_num(scores, nan=0.0)
-        by_source[getattr(func, "__name__", "reward_func")] = float(scores.nanmean()) if scores.isfinite().any() else 0.0
+        name = getattr(func, "__name__", "reward_func")
+        by_source[name] = float(scores.nanmean()) if scores.isfinite().any() else 0.0
     if reward_model is not None:
         scores = torch.tensor(reward_model(prompts, texts))
         total += reward_model_weight * scores
@@ -339,13 +364,16 @@ def _validate(cfg: PPOConfig, inputs: StageInputs) -> None:
     if not inputs.reward_funcs and not inputs.reward_model_dir:
         raise UserError("PPO needs a reward: a grader/judge reward function or a trained reward model.")
     if cfg.reward_weights and len(cfg.reward_weights) != len(inputs.reward_funcs):
-        raise UserError(f"reward_weights has {len(cfg.reward_weights)} entries for {len(inputs.reward_funcs)} reward functions.")
+        raise UserError(f"reward_weights has {len(cfg.reward_weights)} entries for "
+                        f"{len(inputs.reward_funcs)} reward functions.")
     if cfg.rollout_batch_size % cfg.mini_batch_size:
-        raise UserError(f"mini_batch_size {cfg.mini_batch_size} must divide rollout_batch_size {cfg.rollout_batch_size}.")
+        raise UserError(f"mini_batch_size {cfg.mini_batch_size} must divide "
+                        f"rollout_batch_size {cfg.rollout_batch_size}.")
     if (cfg.rollout_batch_size // cfg.mini_batch_size) % cfg.gradient_accumulation_steps:
         raise UserError("gradient_accumulation_steps must divide rollout_batch_size / mini_batch_size.")
     if cfg.max_length <= cfg.max_new_tokens:
-        raise UserError(f"max_length {cfg.max_length} leaves no room for a prompt next to max_new_tokens {cfg.max_new_tokens}.")
+        raise UserError(f"max_length {cfg.max_length} leaves no room for a prompt next to "
+                        f"max_new_tokens {cfg.max_new_tokens}.")
     if cfg.temperature <= 0:
         raise UserError("temperature must be > 0 (PPO needs sampling).")
 
@@ -355,7 +383,8 @@ def _load_models(cfg: PPOConfig, inputs: StageInputs, checkpoint: str | None):
     adapter (trainable); a full-model checkpoint as the model directory."""
     load_from = inputs
     if checkpoint:
-        load_from = replace(inputs, parent_adapter=checkpoint) if cfg.use_lora else replace(inputs, model_dir=checkpoint)
+        load_from = (replace(inputs, parent_adapter=checkpoint) if cfg.use_lora
+                     else replace(inputs, model_dir=checkpoint))
     policy, tokenizer, peft_config = load_policy(cfg, load_from)
     if peft_config is not None:
         from peft import get_peft_model
@@ -422,7 +451,8 @@ def main(cfg: PPOConfig, inputs: StageInputs) -> StageResult:
         for pos in range(start, start + cfg.rollout_batch_size):
             epoch, i = divmod(pos, n_rows)
             if epoch not in permutations:
-                permutations[epoch] = torch.randperm(n_rows, generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+                generator = torch.Generator().manual_seed(cfg.seed + epoch)
+                permutations[epoch] = torch.randperm(n_rows, generator=generator).tolist()
             picked.append(inputs.train_rows[permutations[epoch][i]])
         return picked
 
@@ -436,7 +466,8 @@ def main(cfg: PPOConfig, inputs: StageInputs) -> StageResult:
                            save_steps=cfg.save_steps, learning_rate=cfg.learning_rate, seed=cfg.seed,
                            num_train_epochs=cfg.num_train_epochs)
     state = TrainerState(max_steps=max_steps, logging_steps=cfg.logging_steps, save_steps=cfg.save_steps,
-                         train_batch_size=cfg.rollout_batch_size, is_local_process_zero=accelerator.is_local_main_process,
+                         train_batch_size=cfg.rollout_batch_size,
+                         is_local_process_zero=accelerator.is_local_main_process,
                          is_world_process_zero=accelerator.is_main_process)
     state.global_step = saved.get("global_step", 0)
     state.log_history = saved.get("log_history", [])
@@ -468,13 +499,13 @@ def main(cfg: PPOConfig, inputs: StageInputs) -> StageResult:
             values = values.float()
             logprobs = token_logprobs(logits.float() / cfg.temperature, completion_ids)
             del logits
-            if reference is None:
+            ref_kwargs = {"input_ids": sequences, "attention_mask": attention_mask, "position_ids": position_ids,
+                          "use_cache": False, "logits_to_keep": T + 1}
+            if reference is None:  # the same weights with the LoRA branch switched off
                 with unwrapped.policy.disable_adapter():
-                    ref_logits = unwrapped.policy(input_ids=sequences, attention_mask=attention_mask,
-                                                  position_ids=position_ids, use_cache=False, logits_to_keep=T + 1).logits
+                    ref_logits = unwrapped.policy(**ref_kwargs).logits
             else:
-                ref_logits = reference(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids,
-                                       use_cache=False, logits_to_keep=T + 1).logits
+                ref_logits = reference(**ref_kwargs).logits
             ref_logprobs = token_logprobs(ref_logits[:, :-1].float() / cfg.temperature, completion_ids)
             del ref_logits
 
@@ -512,7 +543,8 @@ def main(cfg: PPOConfig, inputs: StageInputs) -> StageResult:
                     pg_loss = masked_mean(pg_losses, mb_mask)
                     vpred = vpred.float()
                     v_clipped = values[idx] + (vpred - values[idx]).clamp(-cfg.cliprange_value, cfg.cliprange_value)
-                    vf_loss = 0.5 * masked_mean(torch.max((vpred - returns[idx]) ** 2, (v_clipped - returns[idx]) ** 2), mb_mask)
+                    vf_losses = torch.max((vpred - returns[idx]) ** 2, (v_clipped - returns[idx]) ** 2)
+                    vf_loss = 0.5 * masked_mean(vf_losses, mb_mask)
                     loss = pg_loss + cfg.vf_coef * vf_loss
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
@@ -553,15 +585,16 @@ def main(cfg: PPOConfig, inputs: StageInputs) -> StageResult:
             state.log_history.append({**logs, "step": step})
             callbacks.fire("on_log", logs=logs, model=policy, processing_class=tokenizer)
             if accelerator.is_main_process:
-                log.info("ppo step %d/%d: reward %.3f kl %.3f loss %.4f", step, max_steps, mean_reward, seq_kl, logs["loss"])
+                log.info("ppo step %d/%d: reward %.3f kl %.3f loss %.4f",
+                         step, max_steps, mean_reward, seq_kl, logs["loss"])
         if cfg.save_steps > 0 and step % cfg.save_steps == 0:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 unwrapped = accelerator.unwrap_model(model)
                 save_checkpoint(output_dir / f"checkpoint-{step}", policy=unwrapped.policy, tokenizer=tokenizer,
-                                value_head=unwrapped.value_head, optimizer=optimizer, trainer_state=dict(
-                                    global_step=step, kl_coef=kl_coef, mean_reward_first=reward_first,
-                                    loss_sum=loss_sum, loss_count=loss_count, log_history=state.log_history))
+                                value_head=unwrapped.value_head, optimizer=optimizer, trainer_state={
+                                    "global_step": step, "kl_coef": kl_coef, "mean_reward_first": reward_first,
+                                    "loss_sum": loss_sum, "loss_count": loss_count, "log_history": state.log_history})
             accelerator.wait_for_everyone()
             callbacks.fire("on_save", model=policy, processing_class=tokenizer)
         # A cancel seen by any process stops them all at the same step (else DDP would hang).
