@@ -11,6 +11,7 @@ from pages.common import (
     require_page_role,
     show_chat,
     show_response,
+    skip_item,
     submission_id_for,
 )
 
@@ -33,11 +34,6 @@ def submit(assignment_id: int, submission_id: str) -> None:
         st.session_state["annotate-error"] = str(exc)
 
 
-def skip(assignment_id: int) -> None:
-    with session_scope(engine) as s:
-        queue.skip(session=s, user=s.merge(user), assignment_id=assignment_id)
-
-
 @st.fragment(run_every=poll_while_waiting("single"))
 def rate() -> None:
     if error := st.session_state.pop("annotate-error", None):
@@ -54,7 +50,8 @@ def rate() -> None:
     with c1:
         st.feedback("thumbs", key=f"thumb-{claim.assignment_id}", on_change=submit,
                     args=(claim.assignment_id, submission_id))
-    c2.button("Skip", key=f"skip-{claim.assignment_id}", shortcut="S", on_click=skip, args=(claim.assignment_id,))
+    c2.button("Skip", key=f"skip-{claim.assignment_id}", shortcut="S", on_click=skip_item,
+              args=(engine, user, claim.assignment_id))
 
 
 rate()

@@ -12,6 +12,7 @@ from pages.common import (
     require_page_role,
     show_chat,
     show_response,
+    skip_item,
     submission_id_for,
 )
 
@@ -33,11 +34,6 @@ def submit(assignment_id: int, submission_id: str, preferred: str) -> None:
                                   rationale=st.session_state.get(f"rationale-{assignment_id}"))
     except UserError as exc:
         st.session_state["annotate-error"] = str(exc)
-
-
-def skip(assignment_id: int) -> None:
-    with session_scope(engine) as s:
-        queue.skip(session=s, user=s.merge(user), assignment_id=assignment_id)
 
 
 @st.fragment(run_every=poll_while_waiting("pair"))
@@ -63,7 +59,7 @@ def vote() -> None:
                    type="primary" if value in ("left", "right") else "secondary",
                    on_click=submit, args=(claim.assignment_id, submission_id, value))
     cols[-1].button("Skip", key=f"skip-{claim.assignment_id}", shortcut="S", width="stretch",
-                    on_click=skip, args=(claim.assignment_id,))
+                    on_click=skip_item, args=(engine, user, claim.assignment_id))
 
 
 vote()

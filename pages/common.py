@@ -140,3 +140,11 @@ def job_progress_rows(*, engine: Engine, kind: str, user: User, unit: str, limit
             st.caption(f"No {kind} jobs yet.")
     for job in resumed:  # after the commit, so the worker finds the job queued
         jobs.start_detached(job=job, database_url=get_settings().database_url)
+
+
+def skip_item(engine: Engine, user: User, assignment_id: int) -> None:
+    """Button callback: give the item back; this annotator is not offered it again."""
+    from feedback import queue
+
+    with session_scope(engine) as s:
+        queue.skip(session=s, user=s.merge(user), assignment_id=assignment_id)

@@ -196,3 +196,21 @@ def test_deploy_to_vllm_then_promote_and_roll_back(labelled, monkeypatch, tmp_pa
     finally:
         _VLLMStub.status = 200
         server.shutdown()
+
+
+@pytest.mark.parametrize("stage_name", ["ppo", "grpo"])
+def test_grader_rounds_make_versions(labelled, stage_name):
+    """ReFT-style rounds: prompts with references, the numeric grader as the reward."""
+    stage_config = {"max_steps": 2, "learning_rate": 1e-3, "max_length": 64}
+    stage_config.update({"rollout_batch_size": 2, "mini_batch_size": 2, "max_new_tokens": 4, "ppo_epochs": 1}
+                        if stage_name == "ppo" else
+                        {"num_generations": 2, "per_device_train_batch_size": 2, "max_completion_length": 4})
+    with session_scope(labelled) as s:
+        job = start_round(session=s, config=RoundConfig(stage=stage_name, stage_config=stage_config, grader="numeric",
+                                                        evaluate=False))
+    done = jobs.run_job(engine=labelled, job_id=job.id)
+    assert done.status == "succeeded", done.error
+    with session_scope(labelled, read_only=True) as s:
+        version = s.scalar(select(PolicyVersion).where(PolicyVersion.name == done.result["policy_version"]))
+        assert version.stage == stage_name and version.snapshot_id is None and version.parent.name == "v0"
+        assert version.metrics["global_step"] == 2
