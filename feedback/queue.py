@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, case, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -112,6 +112,20 @@ def open_items_query(*, settings: QueueSettings, kind: str | None, now: datetime
     return query
 
 
+def _priority():
+    """Hand out first what matters most: pairs the AI judge could not decide (its two orders
+    disagreed: routed to humans), then responses of the active policy (fresh on-policy data
+    right after a promotion), then the oldest."""
+    from db.models import Judgment, PolicyVersion
+
+    escalated = exists(select(Judgment.id).where(Judgment.item_id == Item.id, Judgment.outcome == "inconsistent"))
+    on_policy = exists(
+        select(Response.id).join(PolicyVersion, PolicyVersion.id == Response.policy_version_id)
+        .where(Response.id == Item.response_a_id, PolicyVersion.status == "active")
+    )
+    return [case((escalated, 0), else_=1), case((on_policy, 0), else_=1)]
+
+
 def _claim_of(session: Session, assignment: Assignment) -> Claim:
     item = session.get(Item, assignment.item_id)
     texts = [item.response_a.text] + ([item.response_b.text] if item.response_b_id else [])
@@ -144,7 +158,7 @@ def claim_next(*, session: Session, user: User, kind: str, now: datetime | None 
     tried: list[int] = []
     for _ in range(CLAIM_ATTEMPTS):
         query = open_items_query(settings=settings, kind=kind, now=now, dialect=dialect, user_id=user.id)
-        query = query.order_by(Item.id).limit(1)
+        query = query.order_by(*_priority(), Item.id).limit(1)
         if tried:
             query = query.where(Item.id.not_in(tried))
         item_id = session.scalar(query.with_for_update(skip_locked=True, of=Item) if postgres else query)

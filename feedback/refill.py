@@ -36,3 +36,14 @@ def maybe_refill(*, engine: Engine, database_url: str) -> int | None:
         job = jobs.create_job(session=session, kind="sample", config=asdict(config), actor="refill")
     jobs.start_detached(job=job, database_url=database_url)
     return job.id
+
+
+def sample_new_policy(*, engine: Engine, database_url: str, actor: str = "cli") -> int:
+    """Right after a promotion: sample the queue's usual number of prompts from the new active
+    policy, so the annotation pages serve its responses next (on-policy items go first)."""
+    with session_scope(engine) as session:
+        settings = get_queue_settings(session=session)
+        config = SamplingConfig(limit=settings.refill_prompts, tags=list(settings.prompt_tags), items="both")
+        job = jobs.create_job(session=session, kind="sample", config=asdict(config), actor=actor)
+    jobs.start_detached(job=job, database_url=database_url)
+    return job.id

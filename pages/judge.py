@@ -15,6 +15,7 @@ from feedback.users import require_role
 from judges import calibration
 from judges.backends import backend_names
 from judges.batch import JudgeConfig
+from judges.graders import parse_grader
 from judges.constitutions import DEFAULT_NAME, ensure_shipped, list_constitutions, save_constitution
 from pages.common import get_engine, job_progress_rows, require_page_role
 
@@ -30,7 +31,8 @@ for c in constitutions:
     latest[c.name] = c  # ordered by version: the last one wins
 default_index = list(latest).index(DEFAULT_NAME) if DEFAULT_NAME in latest else 0
 
-tab_run, tab_constitutions, tab_calibration = st.tabs(["Run a batch", "Constitutions", "Calibration"])
+tab_run, tab_graders, tab_constitutions, tab_calibration = st.tabs(
+    ["Run a batch", "Graders", "Constitutions", "Calibration"])
 
 with tab_constitutions:
     name = st.selectbox("Constitution", list(latest), index=default_index, key="edit_constitution")
@@ -97,6 +99,32 @@ with tab_run:
         st.dataframe(pd.DataFrame([{"job": j.job_id, "item": j.item_id, "outcome": j.outcome, "A first": j.verdict_ab,
                                     "B first": j.verdict_ba, "model": j.model, "tokens": (j.input_tokens or 0) + (j.output_tokens or 0),
                                     "cost_usd": j.cost_usd} for j in recent]), hide_index=True, width="stretch")
+
+with tab_graders:
+    st.write("Score responses against the prompts' reference answers (0 to 1). Pairs get the higher-scoring "
+             "response as chosen (equal: tie); single responses get a score label.")
+    with st.form("grade"):
+        spec = st.text_input("Grader", "numeric", help="exact, normalized, numeric[:tol=0.01], regex:PATTERN, "
+                             "similarity[:metric=ratio|token_set|bleu|chrf], python:FILE, multi:0.7*numeric+0.3*similarity")
+        grade_limit = st.number_input("Most items (0: all)", 0, 1_000_000, 0)
+        start_grading = st.form_submit_button("Start grading", type="primary")
+    if start_grading:
+        try:
+            parse_grader(spec)
+            with session_scope(engine) as s:
+                require_role(s.merge(me), "admin")
+                job = jobs.create_job(session=s, kind="grade", config={"spec": spec, "limit": int(grade_limit) or None},
+                                      created_by_id=me.id, actor=f"app:{me.username}")
+            jobs.start_detached(job=job, database_url=get_settings().database_url)
+            st.toast(f"Grading job {job.id} started")
+        except UserError as exc:
+            st.error(str(exc))
+
+    @st.fragment(run_every="2s")
+    def grade_jobs() -> None:
+        job_progress_rows(engine=engine, kind="grade", user=me, unit="items")
+
+    grade_jobs()
 
 with tab_calibration:
     with session_scope(engine, read_only=True) as s:

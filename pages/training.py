@@ -10,6 +10,7 @@ from db.models import Job
 from feedback import jobs
 from feedback.errors import UserError
 from feedback.policies import list_policies, promote
+from feedback.refill import sample_new_policy
 from feedback.settings import get_settings
 from pages.common import get_engine, job_progress_rows, require_page_role
 from training.deploy import deploy
@@ -111,7 +112,9 @@ with tab_versions:
             done = deploy(version=chosen)  # a server refusing the adapter leaves everything as it was
             with session_scope(engine) as s:
                 promote(session=s, name=chosen.name, user=s.merge(me))
-            st.success(f"{chosen.name} is now the active policy ({done}); new samples come from it.")
-            st.rerun()
+            job_id = sample_new_policy(engine=engine, database_url=get_settings().database_url,
+                                       actor=f"app:{me.username}")
+            st.success(f"{chosen.name} is now the active policy ({done}). Sampling job {job_id} is making pairs "
+                       "from it; annotators get them first.")
         except UserError as exc:
             st.error(str(exc))

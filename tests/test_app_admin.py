@@ -49,7 +49,7 @@ def button(at: AppTest, label: str):
 def test_judge_page_saves_a_constitution_version_and_starts_a_batch(admin_app, engine):
     at = admin_app.switch_page("pages/judge.py").run()
     assert not at.exception
-    assert [t.label for t in at.tabs] == ["Run a batch", "Constitutions", "Calibration"]
+    assert [t.label for t in at.tabs] == ["Run a batch", "Graders", "Constitutions", "Calibration"]
     principles = next(t for t in at.text_area if t.label == "Principles, one per line")
     principles.input("Prefer the answer with fewer words.\nPrefer correct answers.")
     button(at, "Save a new version").click().run()
@@ -94,3 +94,16 @@ def test_training_page_starts_one_round_and_refuses_a_second(admin_app, engine):
         jobs = s.scalars(select(Job).where(Job.kind == "train")).all()
     assert len(jobs) == 1 and jobs[0].config["stage"] == "dpo" and jobs[0].config["snapshot_id"]
     assert LAUNCHED == [(jobs[0].id, "train")]
+
+
+def test_judge_page_starts_grading(admin_app, engine):
+    at = admin_app.switch_page("pages/judge.py").run()
+    next(t for t in at.text_input if t.label == "Grader").input("regex:[")
+    button(at, "Start grading").click().run()
+    assert at.error  # an invalid pattern is refused before any job exists
+    next(t for t in at.text_input if t.label == "Grader").input("numeric")
+    button(at, "Start grading").click().run()
+    with session_scope(engine, read_only=True) as s:
+        job = s.scalar(select(Job).where(Job.kind == "grade"))
+    assert job.config == {"spec": "numeric", "limit": None}
+    assert LAUNCHED == [(job.id, "grade")]
