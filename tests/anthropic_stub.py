@@ -472,6 +472,9 @@ class AnthropicStub:
 class _Handler(BaseHTTPRequestHandler):
     owner: AnthropicStub
     protocol_version = "HTTP/1.1"  # keep-alive, like the real API; every answer has a Content-Length
+    # Headers and body go out as separate small writes; with Nagle on, the client's delayed ACK
+    # holds each reply ~40 ms, which would show up as fake latency in benchmarks.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # silent: the requests carry the API key

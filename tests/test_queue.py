@@ -488,7 +488,7 @@ def test_sign_in_is_refused_after_five_failures_until_the_window_passes(engine):
         with pytest.raises(TooManyAttempts):  # even the right password
             try_sign_in(engine, "alice", "correct-horse", T0 + later)
     assert failures_for(engine, "alice") == MAX_FAILURES  # refusals are not counted as failures
-    # Once the oldest of the five leaves the window, only four are left in it: the right password works.
+    # Once the window has passed the oldest failures, fewer than five are left in it: the right password works.
     assert try_sign_in(engine, "alice", "correct-horse", T0 + FAILURE_WINDOW + timedelta(seconds=1)) == uid
     assert failures_for(engine, "alice") == 0
 

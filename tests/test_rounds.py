@@ -149,7 +149,9 @@ def test_killed_round_resumes_from_its_checkpoint(labelled, db_url, tmp_path, mo
     # After the resume, training picks up after the checkpoint's step instead of starting at 1 again.
     steps_after = [m["step"] for m in done.metrics[logged_before:] if "loss" in m]
     assert steps_after[0] == killed_at + 1 and steps_after[-1] == 10
-    assert not list(round_dir.rglob("*.bin")) and list(round_dir.rglob("*.safetensors"))
+    # Checkpoints load through safetensors (+ JSON) only: nothing pickled (.bin / .pt / .pth / .pkl).
+    pickled = [p for p in round_dir.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    assert pickled == [] and list(round_dir.rglob("optimizer.safetensors")) and list(round_dir.rglob("rng_state.safetensors"))
 
 
 class _VLLMStub(BaseHTTPRequestHandler):
