@@ -32,4 +32,4 @@ test: install system-packages
 
 bench: install system-packages
 	$(PY) bench/sampling.py
-	$(PY) bench/queue.py
+	$(PY) bench/annotation_queue.py

@@ -7,10 +7,12 @@ without waiting for the busy timeout.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -48,6 +50,33 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+# One writer at a time per SQLite engine, queued in this process. SQLite's own busy handler makes a
+# blocked writer sleep and poll (up to 100 ms a nap), which is unfair and gives a long latency
+# tail when many threads of one process (Streamlit sessions) write at once; a lock hands the turn
+# over directly. Writers in other processes (job workers) still meet at busy_timeout.
+_WRITE_LOCKS: WeakKeyDictionary = WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def _write_lock(engine: Engine) -> Iterator[None]:
+    if engine.dialect.name != "sqlite":
+        yield
+        return
+    with _LOCKS_GUARD:
+        lock = _WRITE_LOCKS.get(engine)
+        if lock is None:
+            lock = _WRITE_LOCKS[engine] = threading.Lock()
+    # Same bound as the busy timeout: a write session nested inside another one in the same
+    # thread (a bug) fails loudly instead of hanging.
+    if not lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+        raise TimeoutError("waited too long for the SQLite write lock (a write session inside another?)")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 @lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
     """One shared engine (and pool) per URL for this process."""
@@ -62,5 +91,5 @@ def session_scope(engine: Engine, *, read_only: bool = False) -> Iterator[Sessio
     """
     bind = engine.execution_options(read_only=True) if read_only else engine
     factory = sessionmaker(bind=bind, expire_on_commit=False)
-    with factory() as session, session.begin():
+    with nullcontext() if read_only else _write_lock(engine), factory() as session, session.begin():
         yield session

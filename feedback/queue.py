@@ -19,9 +19,9 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, exists, func, or_, select
+from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, joinedload
 
 from db.models import (
     Assignment,
@@ -112,26 +112,33 @@ def open_items_query(*, settings: QueueSettings, kind: str | None, now: datetime
     return query
 
 
-def _priority():
-    """Hand out first what matters most: pairs the AI judge could not decide (its two orders
-    disagreed: routed to humans), then responses of the active policy (fresh on-policy data
-    right after a promotion), then the oldest."""
+def _tiers(session: Session) -> list:
+    """Filters tried in order, so annotators get first what matters most: pairs the AI judge
+    could not decide (its two orders disagreed: routed to humans), then responses of the active
+    policy (fresh on-policy data right after a promotion), then anything, oldest first. Separate
+    small queries rather than one ORDER BY over every item keep a claim cheap."""
     from db.models import Judgment, PolicyVersion
 
-    escalated = exists(select(Judgment.id).where(Judgment.item_id == Item.id, Judgment.outcome == "inconsistent"))
-    on_policy = exists(
-        select(Response.id).join(PolicyVersion, PolicyVersion.id == Response.policy_version_id)
-        .where(Response.id == Item.response_a_id, PolicyVersion.status == "active")
-    )
-    return [case((escalated, 0), else_=1), case((on_policy, 0), else_=1)]
+    active = session.scalar(select(PolicyVersion.id).where(PolicyVersion.status == "active"))
+    return [
+        Item.id.in_(select(Judgment.item_id).where(Judgment.outcome == "inconsistent")),
+        Item.response_a_id.in_(select(Response.id).where(Response.policy_version_id == active)),
+        None,
+    ]
 
 
 def _claim_of(session: Session, assignment: Assignment) -> Claim:
-    item = session.get(Item, assignment.item_id)
-    texts = [item.response_a.text] + ([item.response_b.text] if item.response_b_id else [])
+    # One query for everything the page shows (a hot path: every vote ends in a claim).
+    ra, rb = aliased(Response), aliased(Response)
+    kind, messages, text_a, text_b = session.execute(
+        select(Item.kind, Prompt.messages, ra.text, rb.text)
+        .join(Prompt, Prompt.id == Item.prompt_id).join(ra, ra.id == Item.response_a_id)
+        .outerjoin(rb, rb.id == Item.response_b_id).where(Item.id == assignment.item_id)
+    ).one()
+    texts = [text_a] + ([text_b] if text_b is not None else [])
     if assignment.shown_order == "ba":
         texts.reverse()
-    return Claim(assignment_id=assignment.id, item_id=item.id, kind=item.kind, messages=item.prompt.messages,
+    return Claim(assignment_id=assignment.id, item_id=assignment.item_id, kind=kind, messages=messages,
                  left=texts[0], right=texts[1] if len(texts) > 1 else None, shown_order=assignment.shown_order,
                  expires_at=assignment.expires_at)
 
@@ -155,17 +162,22 @@ def claim_next(*, session: Session, user: User, kind: str, now: datetime | None 
     settings = get_queue_settings(session=session)
     dialect = session.get_bind().dialect.name
     postgres = dialect == "postgresql"
+    tiers = _tiers(session)
     tried: list[int] = []
     for _ in range(CLAIM_ATTEMPTS):
-        query = open_items_query(settings=settings, kind=kind, now=now, dialect=dialect, user_id=user.id)
-        query = query.order_by(*_priority(), Item.id).limit(1)
+        base = open_items_query(settings=settings, kind=kind, now=now, dialect=dialect, user_id=user.id)
         if tried:
-            query = query.where(Item.id.not_in(tried))
-        item_id = session.scalar(query.with_for_update(skip_locked=True, of=Item) if postgres else query)
-        if item_id is None and postgres:
-            # SKIP LOCKED also hides items locked by claims in flight, which (overlap > 1) can still
-            # have a slot once those commit: wait for the lock rather than report an empty pool.
-            item_id = session.scalar(query.with_for_update(of=Item))
+            base = base.where(Item.id.not_in(tried))
+        item_id = None
+        for tier in tiers:
+            query = (base if tier is None else base.where(tier)).order_by(Item.id).limit(1)
+            item_id = session.scalar(query.with_for_update(skip_locked=True, of=Item) if postgres else query)
+            if item_id is None and postgres:
+                # SKIP LOCKED also hides items locked by claims in flight, which (overlap > 1) can
+                # still have a slot once those commit: wait for the lock rather than skip it.
+                item_id = session.scalar(query.with_for_update(of=Item))
+            if item_id is not None:
+                break
         if item_id is None:
             return None
         # Under the row lock, count again: this statement sees leases committed since the last one.
@@ -187,9 +199,10 @@ def claim_next(*, session: Session, user: User, kind: str, now: datetime | None 
 
 
 def _assignment_for(session: Session, user: User, assignment_id: int) -> Assignment:
-    query = select(Assignment).where(Assignment.id == assignment_id)
+    # The item comes in the same query: the submit checks its kind (a hot path).
+    query = select(Assignment).options(joinedload(Assignment.item, innerjoin=True)).where(Assignment.id == assignment_id)
     if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
+        query = query.with_for_update(of=Assignment)
     assignment = session.scalar(query)
     if assignment is None or assignment.user_id != user.id:
         raise UserError("That item is not assigned to you.")

@@ -14,16 +14,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
 
 from db.engine import session_scope
-from db.models import Item, Label, PolicyVersion, Prompt
+from db.models import Item, Label, PolicyVersion, Prompt, Response
 from feedback import jobs
 from feedback.errors import UserError
 from feedback.policies import active_policy, promote
 from feedback.policy import SamplingParams, client_for
 from feedback.policies import policy_by_name
-from feedback.sampling import select_prompts, store_responses
+from feedback.sampling import store_responses
+from feedback.tags import has_any_tag
 from training.deploy import deploy
 from training.rounds import RoundConfig, start_round
 
@@ -115,13 +117,27 @@ class _Scorer:
         return best, worst, {"scores": scores}
 
 
+def _round_prompts(session: Session, *, job_id: int, limit: int, tags: list[str], with_reference: bool) -> list[Prompt]:
+    """Train prompts this loop has sampled least often first, then by id: successive rounds walk
+    through the train split. (Ordering by the current version's own answers, as sampling.select_prompts
+    does, would hand every round the same first prompts: each round samples from a new version.)"""
+    sampled = (select(Response.prompt_id, func.count().label("n")).where(Response.job_id == job_id)
+               .group_by(Response.prompt_id).subquery())
+    query = (select(Prompt).outerjoin(sampled, sampled.c.prompt_id == Prompt.id).where(Prompt.split == "train")
+             .order_by(func.coalesce(sampled.c.n, 0), Prompt.id))
+    if with_reference:  # filtered in the query, so a round still gets `limit` prompts that have references
+        query = query.where(Prompt.reference.is_not(None))
+    if tags:
+        query = query.where(has_any_tag(Prompt.tags, tags, session.get_bind().dialect.name))
+    return list(session.scalars(query.limit(limit)))
+
+
 def _collect(engine: Engine, config: LoopConfig, scorer: _Scorer, version: PolicyVersion, job_id: int,
              round_no: int) -> int:
     """Sample, score and store best-vs-worst pairs with their labels; returns the pair count."""
     with session_scope(engine, read_only=True) as s:
-        prompts = select_prompts(session=s, version_id=version.id, limit=config.prompts_per_round, tags=config.tags)
-        if config.labeler == "grader":
-            prompts = [p for p in prompts if p.reference is not None]
+        prompts = _round_prompts(s, job_id=job_id, limit=config.prompts_per_round, tags=config.tags,
+                                 with_reference=config.labeler == "grader")
     if not prompts:
         raise UserError("No train prompts to sample (with references, for the grader labeler).")
     params = SamplingParams(temperature=config.temperature, top_p=1.0, max_new_tokens=config.max_new_tokens,

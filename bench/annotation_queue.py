@@ -22,7 +22,7 @@ By default nobody reads: each annotator submits the moment its next item arrives
 closed loop of N clients, so mean latency = N / throughput (Little's law) however fair the
 database is; --think-ms adds the time a person spends on an item before clicking.
 
-    .venv/bin/python bench/queue.py [--annotators 20 --submissions 50 --overlap 2] [--think-ms 0]
+    .venv/bin/python bench/annotation_queue.py [--annotators 20 --submissions 50 --overlap 2] [--think-ms 0]
 """
 from __future__ import annotations
 
