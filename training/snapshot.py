@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import LABEL_SOURCES, Item, Label, PolicyVersion, Prompt, Response, Snapshot, SnapshotLabel, User
@@ -81,8 +82,13 @@ def create_snapshot(*, session: Session, filters: SnapshotFilter, user: User | N
         return existing
     snapshot = Snapshot(content_hash=digest, filters=asdict(filters), n_labels=len(label_ids),
                         created_by_id=user.id if user else None)
-    session.add(snapshot)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(snapshot)
+            session.flush()
+    except IntegrityError:
+        # The same snapshot was just frozen by a concurrent request (two clicks on "start"): use it.
+        return session.scalar(select(Snapshot).where(Snapshot.content_hash == digest))
     session.execute(insert(SnapshotLabel), [{"snapshot_id": snapshot.id, "label_id": i} for i in label_ids])
     audit.record(session=session, actor=f"app:{user.username}" if user else "cli", user_id=user.id if user else None,
                  action="snapshot.create", target=f"snapshot:{snapshot.id}",
