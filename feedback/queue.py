@@ -9,7 +9,9 @@ The rules:
 - A late submission (lease expired) is accepted only if its slot was not handed to someone else.
 
 Concurrency: on SQLite every write transaction is BEGIN IMMEDIATE, so claims are serialised. On
-Postgres candidates are locked with FOR UPDATE SKIP LOCKED (claimers do not wait on each other)
+Postgres candidates are locked with FOR NO KEY UPDATE SKIP LOCKED (claimers do not wait on each
+other, and the foreign-key checks of label and assignment inserts, which take KEY SHARE on the
+item, do not wait on claimers either)
 and the item's slots are counted again after the lock, in a fresh statement that sees every
 lease committed before it.
 """
@@ -171,11 +173,11 @@ def claim_next(*, session: Session, user: User, kind: str, now: datetime | None 
         item_id = None
         for tier in tiers:
             query = (base if tier is None else base.where(tier)).order_by(Item.id).limit(1)
-            item_id = session.scalar(query.with_for_update(skip_locked=True, of=Item) if postgres else query)
+            item_id = session.scalar(query.with_for_update(skip_locked=True, of=Item, key_share=True) if postgres else query)
             if item_id is None and postgres:
                 # SKIP LOCKED also hides items locked by claims in flight, which (overlap > 1) can
                 # still have a slot once those commit: wait for the lock rather than skip it.
-                item_id = session.scalar(query.with_for_update(of=Item))
+                item_id = session.scalar(query.with_for_update(of=Item, key_share=True))
             if item_id is not None:
                 break
         if item_id is None:
@@ -202,7 +204,7 @@ def _assignment_for(session: Session, user: User, assignment_id: int) -> Assignm
     # The item comes in the same query: the submit checks its kind (a hot path).
     query = select(Assignment).options(joinedload(Assignment.item, innerjoin=True)).where(Assignment.id == assignment_id)
     if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(of=Assignment)
+        query = query.with_for_update(of=Assignment, key_share=True)
     assignment = session.scalar(query)
     if assignment is None or assignment.user_id != user.id:
         raise UserError("That item is not assigned to you.")
@@ -228,7 +230,7 @@ def _record(session: Session, user: User, assignment: Assignment, label: Label, 
         if session.get_bind().dialect.name == "postgresql":
             # Lock the item as claim_next does: a claim of the freed slot that is in flight either
             # commits before the count below (which then sees it) or skips this item.
-            session.execute(select(Item.id).where(Item.id == assignment.item_id).with_for_update())
+            session.execute(select(Item.id).where(Item.id == assignment.item_id).with_for_update(key_share=True))
         settings = get_queue_settings(session=session)
         others = session.scalar(
             select(func.count()).select_from(Assignment).where(
