@@ -39,6 +39,7 @@ import json
 import os
 import platform
 import random
+import re
 import tempfile
 import time
 from dataclasses import asdict
@@ -54,23 +55,23 @@ TASKS: dict[str, dict[str, Any]] = {
         "data": "arith.jsonl",
         "eval_max_new_tokens": 32,
         "loop": {
-            "labeler": "grader", "grader": "numeric", "prompts_per_round": 64, "samples_per_prompt": 4,
-            "temperature": 0.7, "max_new_tokens": 32,
-            "stage_config": {"max_steps": 24, "learning_rate": 2e-4, "per_device_train_batch_size": 8, "beta": 0.1,
+            "labeler": "grader", "grader": "numeric", "prompts_per_round": 64, "samples_per_prompt": 6,
+            "temperature": 0.7, "max_new_tokens": 20,
+            "stage_config": {"max_steps": 12, "learning_rate": 5e-4, "per_device_train_batch_size": 4, "beta": 0.1,
                              "lora_r": 8, "lora_alpha": 16, "max_length": 128, "save_steps": 1000},
-            "gate": {"prompts": 16, "max_new_tokens": 32, "constitution": "default"},
+            "gate": {"prompts": 8, "max_new_tokens": 32, "constitution": "default"},
         },
     },
     "judge": {
         "data": "general.jsonl",
         "eval_max_new_tokens": 96,
         "loop": {
-            "labeler": "judge", "judge_backend": "local", "constitution": "concise", "prompts_per_round": 48,
+            "labeler": "judge", "judge_backend": "local", "constitution": "concise", "prompts_per_round": 32,
             "samples_per_prompt": 2,  # the judge labeler compares two of the K samples: more would be wasted
             "temperature": 0.9, "max_new_tokens": 96,
-            "stage_config": {"max_steps": 24, "learning_rate": 2e-4, "per_device_train_batch_size": 8, "beta": 0.1,
+            "stage_config": {"max_steps": 12, "learning_rate": 5e-4, "per_device_train_batch_size": 4, "beta": 0.1,
                              "lora_r": 8, "lora_alpha": 16, "max_length": 256, "save_steps": 1000},
-            "gate": {"prompts": 16, "max_new_tokens": 96, "constitution": "concise"},
+            "gate": {"prompts": 8, "max_new_tokens": 96, "constitution": "concise"},
         },
     },
 }
@@ -186,6 +187,7 @@ class HeldOut:
         self.references = [p.reference for p in prompts]
         self.max_new_tokens = max_new_tokens
         self.base = None  # the base's completions
+        self.cache: dict[str, dict[str, Any]] = {}  # policy name -> its measurement (a policy answers greedily once)
         if task == "grader":
             from judges.graders import parse_grader
 
@@ -208,6 +210,15 @@ class HeldOut:
         return [c[0] for c in client_for(version).generate(self.messages, params)]
 
     def measure(self, version_name: str) -> dict[str, Any]:
+        """Accuracy (grader task) or win rate over the base (judge task) and lengths, of greedy answers."""
+        if version_name in self.cache:  # the same policy again (a round that trained nothing, or held back)
+            row = {**self.cache[version_name], "gen_s": 0.0, "judge_s": 0.0}
+            if self.task == "judge" and "win_rate" not in row:  # v0 against itself: a check of the judge
+                t1 = time.perf_counter()
+                row.update(self.win_rate(self.cache[version_name]["texts"], [c.text for c in self.base]))
+                row["judge_s"] = time.perf_counter() - t1
+                self.cache[version_name] = {k: v for k, v in row.items() if k not in ("gen_s", "judge_s")}
+            return row
         t0 = time.perf_counter()
         outs = self.answers(version_name)
         t_gen = time.perf_counter() - t0
@@ -217,7 +228,7 @@ class HeldOut:
             "mean_tokens": sum(c.completion_tokens or 0 for c in outs) / len(outs),
             "mean_words": sum(len(t.split()) for t in texts) / len(texts),
             "truncated": sum(c.finish_reason == "length" for c in outs) / len(outs),
-            "examples": texts[:3],
+            "examples": texts[:3], "texts": texts,
         }
         if self.task == "grader":
             scores = [self.grader.grade(t, ref) for t, ref in zip(texts, self.references)]
@@ -227,6 +238,7 @@ class HeldOut:
             self.base = outs
         elif self.task == "judge":
             row.update(self.win_rate(texts, [c.text for c in self.base]))
+        self.cache[version_name] = dict(row)
         row["gen_s"], row["judge_s"] = t_gen, time.perf_counter() - t1
         return row
 
@@ -235,15 +247,44 @@ class HeldOut:
         from judges.pairwise import judge_pair
         from training.evaluate import bootstrap_interval
 
-        outcomes = [judge_pair(backend=self.judge, messages=m, text_a=a, text_b=b, principles=self.principles,
-                               key=f"heldout{k}").outcome
-                    for k, (m, a, b) in enumerate(zip(self.messages, texts, base_texts))]
+        judgments = [judge_pair(backend=self.judge, messages=m, text_a=a, text_b=b, principles=self.principles,
+                                key=f"heldout{k}")
+                     for k, (m, a, b) in enumerate(zip(self.messages, texts, base_texts))]
+        outcomes = [j.outcome for j in judgments]
+        # Diagnostic only (not the product's verdict): the local judge's P("1") when the policy's answer is
+        # shown first minus P("1") when the base's is, i.e. its preference with the position bias removed.
+        debiased = [d for d in (position_debiased(j) for j in judgments) if d is not None]
         scores = [1.0 if o == "a" else 0.0 if o == "b" else 0.5 for o in outcomes]
         low, high = bootstrap_interval(scores, seed=self.seed)
         return {"win_rate": sum(scores) / len(scores), "win_rate_ci95": [low, high],
                 "wins": outcomes.count("a"), "losses": outcomes.count("b"), "ties": outcomes.count("tie"),
                 "inconsistent": len(outcomes) - outcomes.count("a") - outcomes.count("b") - outcomes.count("tie"),
-                "identical": sum(a.strip() == b.strip() for a, b in zip(texts, base_texts))}
+                "identical": sum(a.strip() == b.strip() for a, b in zip(texts, base_texts)),
+                "p_first_mean": _mean_p_first(judgments),
+                "debiased_win_rate": (sum((d > 0) + 0.5 * (d == 0) for d in debiased) / len(debiased)) if debiased else None}
+
+
+_P1_RE = re.compile(r"\b1=([0-9.]+)")
+
+
+def _p_first(order: dict[str, Any]) -> float | None:
+    """P("1") (the response shown first wins) from a local-judge reply's reasoning text."""
+    for answer in order.get("answers") or []:
+        m = _P1_RE.search(answer)
+        if m:
+            return float(m.group(1))
+    return None
+
+
+def _mean_p_first(judgments) -> float | None:
+    values = [v for j in judgments for v in (_p_first(o) for o in j.raw.get("orders", [])) if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def position_debiased(judgment) -> float | None:
+    """P("1" | a shown first) - P("1" | b shown first): > 0 means the judge leans to a once position is removed."""
+    p = {o.get("shown_first"): _p_first(o) for o in judgment.raw.get("orders", [])}
+    return None if p.get("a") is None or p.get("b") is None else p["a"] - p["b"]
 
 
 # --- one task ----------------------------------------------------------------------------------------
@@ -304,13 +345,15 @@ def run_task(task: str, rows: list[dict[str, Any]], args: argparse.Namespace, wo
     say(f"  base examples: {base['examples']}")
     say(f"  base measurement: {time.perf_counter() - t0:.0f} s")
 
-    marks: dict[int, float] = {}  # progress 'done' value -> wall time it was first reported
+    marks_in: dict[int, float] = {}  # progress 'done' value -> wall time it was first reported (round end)
+    marks: dict[int, float] = {}  # ... -> wall time after the measurement (the next round starts)
 
     def listener(done: int, total: int | None) -> None:
-        # The loop reports done=r-1 when round r starts and done=r when it ends (promoted or not).
-        if done in marks:
+        # The loop reports done=r-1 when round r starts and done=r when it ends (a round without
+        # informative pairs reports no end: the next round's start stands for it).
+        if done in marks_in:
             return
-        marks[done] = time.perf_counter()
+        marks_in[done] = marks[done] = time.perf_counter()
         if done == 0:
             say(f"  round 1 starts ({load_line()})")
             return
@@ -338,13 +381,15 @@ def run_task(task: str, rows: list[dict[str, Any]], args: argparse.Namespace, wo
         train_jobs = {j.id: j for j in s.scalars(select(Job).where(Job.kind == "train"))}
     for r in loop_rounds:
         j = train_jobs.get(r.get("train_job"))
-        start = marks.get(r["round"] - 1)
-        r["timing"] = {}
+        start, end = marks.get(r["round"] - 1), marks_in.get(r["round"])
+        r["timing"] = {"round_s": end - start} if start is not None and end is not None else {}
+        if j is None and "round_s" in r["timing"]:
+            r["timing"]["sample_label_s"] = r["timing"]["round_s"]
         if j is not None and start is not None:
             created = j.created_at.replace(tzinfo=timezone.utc) if j.created_at.tzinfo is None else j.created_at
             collect_end = time.perf_counter() - (datetime.now(timezone.utc) - created).total_seconds()
             trainer_s = next((m["train_runtime"] for m in reversed(j.metrics or []) if "train_runtime" in m), None)
-            r["timing"] = {"sample_label_s": collect_end - start,
+            r["timing"] |= {"sample_label_s": collect_end - start,
                            "train_job_s": (j.finished_at - j.started_at).total_seconds(),
                            "trainer_s": trainer_s, "train_metrics": (j.result or {}).get("metrics")}
     by_round = {m["round"]: m for m in measured}
@@ -368,7 +413,8 @@ def describe(task: str, row: dict[str, Any]) -> str:
     lo, hi = row["win_rate_ci95"]
     return (f"{length}; win rate vs base {row['win_rate']:.3f} [{lo:.2f}, {hi:.2f}] "
             f"(W/L/T/I {row['wins']}/{row['losses']}/{row['ties']}/{row['inconsistent']}, "
-            f"{row['identical']} identical)")
+            f"{row['identical']} identical; mean P(first shown wins) {fmt(row['p_first_mean'], '.2f')}, "
+            f"position-debiased win rate {fmt(row['debiased_win_rate'], '.2f')})")
 
 
 def render(result: dict[str, Any]) -> str:
@@ -379,7 +425,8 @@ def render(result: dict[str, Any]) -> str:
                    "gate win", "sample+label s", "train job s (trainer s)", "min elapsed"]
     else:
         headers = ["round", "policy", "pairs", "mean tokens", "mean words", "truncated", "win rate vs base [95% CI]",
-                   "W/L/T/I", "gate win", "sample+label s", "train job s (trainer s)", "min elapsed"]
+                   "W/L/T/I", "debiased win (diag.)", "gate win", "sample+label s", "train job s (trainer s)",
+                   "min elapsed"]
     body = []
     base = rows[0]
     for m in rows:
@@ -399,7 +446,8 @@ def render(result: dict[str, Any]) -> str:
                    if "win_rate" in m else "-")
             wlti = f"{m['wins']}/{m['losses']}/{m['ties']}/{m['inconsistent']}" if "wins" in m else "-"
             body.append([m["round"], m["policy"], fmt(m.get("pairs"), "d"), f"{m['mean_tokens']:.1f}",
-                         f"{m['mean_words']:.1f}", f"{m['truncated']:.0%}", win, wlti, gate_win, *phase,
+                         f"{m['mean_words']:.1f}", f"{m['truncated']:.0%}", win, wlti,
+                         fmt(m.get("debiased_win_rate"), ".2f"), gate_win, *phase,
                          f"{m['minutes']:.1f}"])
     lines.append(table(headers, body))
     last = rows[-1]

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from db.engine import session_scope
-from db.models import Item, Job, Judgment, Label, Prompt, Response, User
+from db.models import Item, Judgment, Label, Prompt, Response, User
 from feedback import jobs
 from feedback.policies import ensure_base_policy
 from feedback.prompts import canonical_messages, content_hash

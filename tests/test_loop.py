@@ -86,3 +86,26 @@ def test_run_stage_under_accelerate_launch(tiny_model_dir, tmp_path):
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["metrics"]["global_step"] == 2
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_reward_model_labeler_scores_with_the_trained_model(engine, tiny_model_dir, tmp_path):
+    """The reward labeler loads the reward model a 'reward' round left on its job and ranks K answers."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from db.models import Job
+    from training.loop import _Scorer
+
+    model_dir = tmp_path / "reward_model"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    model.config.pad_token_id = model.config.eos_token_id
+    model.save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(model_dir)
+    with session_scope(engine) as s:
+        job = Job(kind="train", config={}, status="succeeded", result={"reward_model_dir": str(model_dir)})
+        s.add(job)
+    scorer = _Scorer(engine, LoopConfig(labeler="reward", reward_job=job.id))
+    texts = ["short", "a somewhat longer answer", "the longest answer of the three, by some way"]
+    best, worst, evidence = scorer.best_and_worst([{"role": "user", "content": "hi"}], None, texts)
+    scores = evidence["scores"]
+    assert len(scores) == 3 and scores[best] == max(scores) and scores[worst] == min(scores) and best != worst
+    assert scorer.source == "grader" and scorer.producer == f"reward-model:job-{job.id}"

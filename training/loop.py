@@ -89,9 +89,11 @@ class _Scorer:
                 path = (job.result or {}).get("reward_model_dir") if job else None
             if not path:
                 raise UserError(f"Job {config.reward_job} did not produce a reward model.")
-            from training.reward_model import RewardScorer
+            import torch
 
-            self.reward = RewardScorer(path)
+            from training.reward_model import RewardModel
+
+            self.reward = RewardModel(path, torch.device("cpu"), max_length=1024)
             self.source, self.producer = "grader", f"reward-model:job-{config.reward_job}"
 
     def best_and_worst(self, messages, reference, texts: list[str]) -> tuple[int, int, dict] | None:
@@ -109,7 +111,7 @@ class _Scorer:
                 return None
             scores = [self.grader.grade(t, reference) for t in texts]
         else:
-            scores = self.reward.score(messages, texts)
+            scores = self.reward([messages] * len(texts), texts)
         best = max(range(len(texts)), key=scores.__getitem__)
         worst = min(range(len(texts)), key=scores.__getitem__)
         if scores[best] <= scores[worst]:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from feedback.errors import UserError
+from training.reward_model import RewardModel, is_conversational
 from training.stages.base import (
     CommonConfig,
     StageInputs,
@@ -47,6 +48,7 @@ from training.stages.base import (
     load_reference,
     on_cpu,
 )
+from training.stages.safe_checkpoints import load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -192,32 +194,6 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 # --- checkpoints: safetensors + JSON, never pickle -----------------------------------------------
 
 
-def flatten_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors for safetensors, everything else for JSON) from optimizer.state_dict()."""
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for param_id, param_state in state_dict["state"].items():
-        for key, value in param_state.items():
-            if torch.is_tensor(value):
-                tensors[f"{param_id}.{key}"] = value.detach().cpu().clone().contiguous()
-            else:
-                scalars[f"{param_id}.{key}"] = value
-    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
-
-
-def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
-                              current_groups: list[dict[str, Any]]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = defaultdict(dict)
-    for flat, value in [*tensors.items(), *meta["scalars"].items()]:
-        param_id, key = flat.split(".", 1)
-        state[int(param_id)][key] = value
-    groups = []
-    for saved, current in zip(meta["param_groups"], current_groups):
-        # JSON turned tuples (Adam's betas) into lists; give them back their type.
-        groups.append({k: tuple(v) if isinstance(current.get(k), tuple) else v for k, v in saved.items()})
-    return {"state": dict(state), "param_groups": groups}
-
-
 def save_checkpoint(path: Path, *, policy, tokenizer, value_head: nn.Module, optimizer, trainer_state: dict) -> None:
     """Write into tmp-<name> and rename, so a run killed mid-save never leaves a checkpoint-N
     that resume would pick up half-written."""
@@ -231,9 +207,7 @@ def save_checkpoint(path: Path, *, policy, tokenizer, value_head: nn.Module, opt
         tokenizer.save_pretrained(tmp)  # a full model checkpoint must load on its own
     save_file({k: v.detach().cpu().contiguous() for k, v in value_head.state_dict().items()},
               str(tmp / "value_head.safetensors"))
-    tensors, meta = flatten_optimizer_state(optimizer.state_dict())
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "optimizer.json").write_text(json.dumps(meta))
+    save_state(optimizer.state_dict(), str(tmp), "optimizer.safetensors", "optimizer.json")
     (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
@@ -247,9 +221,7 @@ def load_checkpoint_state(path: Path, *, value_head: nn.Module, optimizer) -> di
     from safetensors.torch import load_file
 
     value_head.load_state_dict(load_file(str(path / "value_head.safetensors")))
-    meta = json.loads((path / "optimizer.json").read_text())
-    optimizer.load_state_dict(unflatten_optimizer_state(load_file(str(path / "optimizer.safetensors")), meta,
-                                                        optimizer.state_dict()["param_groups"]))
+    optimizer.load_state_dict(load_state(str(path), "optimizer.safetensors", "optimizer.json"))
     return json.loads((path / "trainer_state.json").read_text())
 
 
@@ -289,40 +261,6 @@ class Callbacks:
 
 
 # --- rewards ---------------------------------------------------------------------------------------
-
-
-def is_conversational(prompt: Any) -> bool:
-    return isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt)
-
-
-class RewardModel:
-    """A sequence-classification reward model: score(prompt, completion) = its single logit on the
-    chat-formatted conversation."""
-
-    def __init__(self, model_dir: str, device: torch.device, max_length: int):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.truncation_side = "left"  # keep the completion, which is what is being judged
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
-        self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model.to(device).eval().requires_grad_(False)
-        self.device, self.max_length = device, max_length
-
-    @torch.no_grad()
-    def __call__(self, prompts: list[Any], completions: list[str]) -> list[float]:
-        texts = []
-        for prompt, completion in zip(prompts, completions):
-            if is_conversational(prompt):
-                texts.append(self.tokenizer.apply_chat_template(
-                    [*prompt, {"role": "assistant", "content": completion}], tokenize=False))
-            else:
-                texts.append(prompt + completion)
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                             add_special_tokens=False, return_tensors="pt").to(self.device)
-        return self.model(**enc).logits[:, 0].float().tolist()
 
 
 def score_completions(rows: list[dict[str, Any]], texts: list[str], completion_ids: list[list[int]],
