@@ -37,6 +37,17 @@ import torch
 from torch import nn
 
 from feedback.errors import UserError
+from training.ppo_core import (
+    PolicyAndValue,
+    ValueHead,
+    adaptive_kl_update,
+    completion_mask,
+    entropy_from_logits,
+    gae,
+    masked_mean,
+    masked_whiten,
+    token_logprobs,
+)
 from training.reward_model import RewardModel, is_conversational
 from training.stages.base import (
     CommonConfig,
@@ -99,96 +110,6 @@ class PPOConfig(CommonConfig):
 
 
 CONFIG = PPOConfig
-
-
-# --- the model: policy + value head ------------------------------------------------------------
-
-
-class ValueHead(nn.Module):
-    """V(s): the return expected from this token on, read off the policy's last hidden state.
-    Zero-initialised, so it predicts 0 until trained and cannot disturb the first rollouts."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.summary = nn.Linear(hidden_size, 1)
-        nn.init.zeros_(self.summary.weight)
-        nn.init.zeros_(self.summary.bias)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.summary(hidden.float()).squeeze(-1)
-
-
-class PolicyAndValue(nn.Module):
-    """One module for accelerate to prepare, so DDP averages the LoRA and value-head grads together."""
-
-    def __init__(self, policy: nn.Module, value_head: ValueHead):
-        super().__init__()
-        self.policy = policy
-        self.value_head = value_head
-
-    def forward(self, input_ids, attention_mask, position_ids, n_completion: int):
-        """Logits predicting each of the last `n_completion` tokens (B, T, V), and the value of the
-        state before each of them (B, T)."""
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          output_hidden_states=True, use_cache=False, logits_to_keep=n_completion + 1)
-        values = self.value_head(out.hidden_states[-1][:, -n_completion - 1:-1])
-        return out.logits[:, :-1], values
-
-
-# --- pure helpers (unit-tested) ------------------------------------------------------------------
-
-
-def adaptive_kl_update(kl_coef: float, current_kl: float, target_kl: float, n_samples: int, horizon: int) -> float:
-    """Ziegler et al. (2019) proportional controller: nudge kl_coef so the observed KL drifts to
-    the target. The error is clipped to +-20% so one odd batch cannot swing the coefficient."""
-    error = min(max(current_kl / target_kl - 1.0, -0.2), 0.2)
-    return kl_coef * (1.0 + error * n_samples / horizon)
-
-
-def completion_mask(completion_ids: torch.Tensor, eos_ids: torch.Tensor) -> torch.Tensor:
-    """True for the generated tokens up to and including the first EOS; what follows is padding
-    (generate pads finished rows, and pad is often the EOS token itself)."""
-    is_eos = torch.isin(completion_ids, eos_ids).long()
-    return (is_eos.cumsum(dim=1) - is_eos) == 0
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    x = x.masked_fill(~mask, 0.0)  # where(), not *: a NaN in a padded slot must not leak in
-    if dim is None:
-        return x.sum() / mask.sum().clamp(min=1)
-    return x.sum(dim) / mask.sum(dim).clamp(min=1)
-
-
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    return ((x - mean) * torch.rsqrt(var + 1e-8)).masked_fill(~mask, 0.0)
-
-
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
-    """Generalised advantage estimation over the completion tokens (B, T). Masked slots have zero
-    reward and zero value, so the episode ends at each row's last real token."""
-    rewards = rewards.masked_fill(~mask, 0.0)
-    values = values.masked_fill(~mask, 0.0)
-    advantages = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(rewards.shape[1])):
-        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = delta + gamma * lam * running
-        advantages[:, t] = running
-    returns = advantages + values
-    return advantages.masked_fill(~mask, 0.0), returns
-
-
-def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """log p(ids) under logits (B, T, V), without materialising a second (B, T, V) tensor."""
-    return logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    probs = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
 
 
 # --- checkpoints: safetensors + JSON, never pickle -----------------------------------------------
