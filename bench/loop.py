@@ -7,9 +7,11 @@ a DPO 'train' job on exactly those labels, the evaluation gate, promotion). This
 builds a fresh SQLite database per task, imports the prompts, and measures the active policy on
 the val split after each round (a job-progress listener), with greedy decoding.
 
-(A) grader task: "What is a + b? Reply with only the number." (a, b in 1..25; 200 train and 60
+(A) grader task: "What is a + b? Reply with only the number." (a, b in 1..25; 200 train and 100
     val prompts, val pairs {a, b} never seen in train; bench/data/arith.jsonl). Labeler: the
-    `numeric` grader. Measure: greedy val accuracy. Goal: >= +10 points over the base.
+    `numeric` grader. Promotion by the gate (grader accuracy of candidate vs parent on the first 30
+    val prompts: a dev set). Measure: greedy accuracy on the other 70 val prompts, which no
+    decision ever looked at. Goal: >= +10 points over the base.
 (B) judge task: general questions (40 topics x 4 templates; 10 topics held out = 40 val prompts;
     bench/data/general.jsonl). Labeler: the local judge (the 135M model itself, next-token
     probabilities) under the shipped "concise" constitution. Measure: win rate of each round's
@@ -43,7 +45,7 @@ import re
 import tempfile
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 DATA_DIR = _BENCH_DIR / "data"
@@ -55,11 +57,17 @@ TASKS: dict[str, dict[str, Any]] = {
         "data": "arith.jsonl",
         "eval_max_new_tokens": 32,
         "loop": {
-            "labeler": "grader", "grader": "numeric", "prompts_per_round": 64, "samples_per_prompt": 6,
+            "labeler": "grader", "grader": "numeric", "prompts_per_round": 64, "samples_per_prompt": 8,
             "temperature": 0.7, "max_new_tokens": 20,
-            "stage_config": {"max_steps": 12, "learning_rate": 5e-4, "per_device_train_batch_size": 4, "beta": 0.1,
+            # A bounded update per round: 2 epochs at 5e-4 collapsed round 2 into bare (wrong) numbers.
+            "stage_config": {"max_steps": 16, "learning_rate": 3e-4, "per_device_train_batch_size": 4, "beta": 0.1,
                              "lora_r": 8, "lora_alpha": 16, "max_length": 128, "save_steps": 1000},
-            "gate": {"prompts": 8, "max_new_tokens": 32, "constitution": "default"},
+            # The gate as a regression guard on a dev share of val (the first 30 val prompts), which the
+            # held-out measurement never uses. The local judge's win rate carries no signal here (it
+            # answers "1" whichever response is first), so only accuracy decides: min_win_rate 0.
+            "promote": "gate",
+            "gate": {"prompts": 30, "max_new_tokens": 32, "constitution": "default", "min_win_rate": 0.0,
+                     "max_accuracy_drop": 0.0},
         },
     },
     "judge": {
@@ -67,10 +75,12 @@ TASKS: dict[str, dict[str, Any]] = {
         "eval_max_new_tokens": 96,
         "loop": {
             "labeler": "judge", "judge_backend": "local", "constitution": "concise", "prompts_per_round": 32,
+            "promote": "always",  # the judge gate would pass anything: an all-inconsistent judge scores 0.5
             "samples_per_prompt": 2,  # the judge labeler compares two of the K samples: more would be wasted
             "temperature": 0.9, "max_new_tokens": 96,
-            "stage_config": {"max_steps": 12, "learning_rate": 5e-4, "per_device_train_batch_size": 4, "beta": 0.1,
-                             "lora_r": 8, "lora_alpha": 16, "max_length": 256, "save_steps": 1000},
+            "stage_config": {"max_steps": -1, "num_train_epochs": 2.0, "learning_rate": 5e-4,
+                             "per_device_train_batch_size": 4, "beta": 0.1, "lora_r": 8, "lora_alpha": 16,
+                             "max_length": 256, "save_steps": 1000},
             "gate": {"prompts": 8, "max_new_tokens": 96, "constitution": "concise"},
         },
     },
@@ -80,7 +90,7 @@ TASKS: dict[str, dict[str, Any]] = {
 # --- data ----------------------------------------------------------------------------------------
 
 
-def arith_rows(seed: int = 5, n_train: int = 200, n_val: int = 60, high: int = 25) -> list[dict[str, Any]]:
+def arith_rows(seed: int = 5, n_train: int = 200, n_val: int = 100, high: int = 25) -> list[dict[str, Any]]:
     """Distinct unordered pairs {a, b} from 1..high, shuffled; the first n_val are val, so neither
     a val question nor its commuted twin is ever trained on."""
     rng = random.Random(seed)
@@ -173,7 +183,7 @@ class HeldOut:
     """The val prompts of one task, answered greedily by a policy version; the base's answers are kept
     as the reference side of the win rate."""
 
-    def __init__(self, engine, task: str, max_new_tokens: int, limit: int | None, seed: int):
+    def __init__(self, engine, task: str, max_new_tokens: int, limit: int | None, seed: int, skip: int = 0):
         from sqlalchemy import select
 
         from db.engine import session_scope
@@ -182,7 +192,7 @@ class HeldOut:
         self.engine, self.task, self.seed = engine, task, seed
         with session_scope(engine, read_only=True) as s:
             query = select(Prompt).where(Prompt.split == "val").order_by(Prompt.id)
-            prompts = list(s.scalars(query.limit(limit) if limit else query))
+            prompts = list(s.scalars(query.offset(skip).limit(limit) if limit else query.offset(skip)))
         self.messages = [p.messages for p in prompts]
         self.references = [p.reference for p in prompts]
         self.max_new_tokens = max_new_tokens
@@ -261,7 +271,8 @@ class HeldOut:
                 "inconsistent": len(outcomes) - outcomes.count("a") - outcomes.count("b") - outcomes.count("tie"),
                 "identical": sum(a.strip() == b.strip() for a, b in zip(texts, base_texts)),
                 "p_first_mean": _mean_p_first(judgments),
-                "debiased_win_rate": (sum((d > 0) + 0.5 * (d == 0) for d in debiased) / len(debiased)) if debiased else None}
+                "debiased_win_rate": (sum((d > 0) + 0.5 * (d == 0) for d in debiased) / len(debiased)
+                                      if debiased else None)}
 
 
 _P1_RE = re.compile(r"\b1=([0-9.]+)")
@@ -297,7 +308,7 @@ def merged_loop_config(task: str, override: dict[str, Any], args: argparse.Names
             config[key] = {**config[key], **value}
         else:
             config[key] = value
-    config.update(rounds=args.rounds, promote=args.promote, seed=args.seed)
+    config.update(rounds=args.rounds, seed=args.seed, **({"promote": args.promote} if args.promote else {}))
     return config
 
 
@@ -311,6 +322,7 @@ def run_task(task: str, rows: list[dict[str, Any]], args: argparse.Namespace, wo
     from feedback.policies import active_policy, ensure_base_policy
     from feedback.prompts import import_prompt_rows
     from judges.constitutions import ensure_shipped
+    from training.evaluate import GateConfig
     from training.loop import LoopConfig
 
     t_task = time.perf_counter()
@@ -334,14 +346,18 @@ def run_task(task: str, rows: list[dict[str, Any]], args: argparse.Namespace, wo
     spec = TASKS[task]
     config = LoopConfig(**merged_loop_config(task, json.loads(getattr(args, task) or "{}"), args))
     say(f"  LoopConfig: {json.dumps(asdict(config))}")
-    heldout = HeldOut(engine, task, spec["eval_max_new_tokens"], args.val_limit, args.seed)
+    # With promote=gate the gate picks policies on its val prompts (the first gate.prompts by id, see
+    # training/evaluate.py): measuring on those too would flatter the result, so they are left out.
+    skip = GateConfig(**config.gate).prompts if config.promote == "gate" else 0
+    heldout = HeldOut(engine, task, spec["eval_max_new_tokens"], args.val_limit, args.seed, skip=skip)
 
     t0 = time.perf_counter()
     measured: list[dict[str, Any]] = []
     base = heldout.measure("v0")
     base.update(round=0, pairs=None, minutes=(time.perf_counter() - t_task) / 60)
     measured.append(base)
-    say(f"  base v0 on {base['n']} val prompts: " + describe(task, base) + f"  [{base['gen_s']:.0f} s]")
+    say(f"  base v0 on {base['n']} val prompts" + (f" (val prompts {skip + 1}.. by id; 1..{skip} are the gate's)"
+                                                    if skip else "") + ": " + describe(task, base) + f"  [{base['gen_s']:.0f} s]")
     say(f"  base examples: {base['examples']}")
     say(f"  base measurement: {time.perf_counter() - t0:.0f} s")
 
@@ -386,8 +402,8 @@ def run_task(task: str, rows: list[dict[str, Any]], args: argparse.Namespace, wo
         if j is None and "round_s" in r["timing"]:
             r["timing"]["sample_label_s"] = r["timing"]["round_s"]
         if j is not None and start is not None:
-            created = j.created_at.replace(tzinfo=timezone.utc) if j.created_at.tzinfo is None else j.created_at
-            collect_end = time.perf_counter() - (datetime.now(timezone.utc) - created).total_seconds()
+            created = j.created_at.replace(tzinfo=UTC) if j.created_at.tzinfo is None else j.created_at
+            collect_end = time.perf_counter() - (datetime.now(UTC) - created).total_seconds()
             trainer_s = next((m["train_runtime"] for m in reversed(j.metrics or []) if "train_runtime" in m), None)
             r["timing"] |= {"sample_label_s": collect_end - start,
                            "train_job_s": (j.finished_at - j.started_at).total_seconds(),
@@ -397,11 +413,50 @@ def run_task(task: str, rows: list[dict[str, Any]], args: argparse.Namespace, wo
         m = by_round.get(r["round"])
         if m is not None:
             m.update(pairs=r.get("pairs"), loop=r)
+    signal = None
+    if task == "judge" and args.signal_pairs:
+        signal = judge_signal(engine, job_id, heldout, args.signal_pairs)
     engine.dispose()
-    result = {"task": task, "config": asdict(config), "rows": measured, "job_id": job_id,
+    result = {"task": task, "config": asdict(config), "rows": measured, "job_id": job_id, "judge_signal": signal,
               "minutes": (time.perf_counter() - t_task) / 60, "workdir": str(taskdir)}
     say(render(result))
     return result
+
+
+def judge_signal(engine, job_id: int, heldout: HeldOut, limit: int) -> dict[str, Any]:
+    """Why the judge labeler did or did not label: re-judge the first two samples of the loop's first
+    `limit` prompts (what the labeler compared) and report the verdicts, the judge's P("first shown
+    wins"), and whether its position-debiased preference picks the shorter answer."""
+    from collections import Counter, defaultdict
+
+    from sqlalchemy import select
+
+    from db.engine import session_scope
+    from db.models import Prompt, Response
+    from judges.pairwise import judge_pair
+
+    t0 = time.perf_counter()
+    with session_scope(engine, read_only=True) as s:
+        rows = s.execute(select(Response.prompt_id, Prompt.messages, Response.text)
+                         .join(Prompt, Prompt.id == Response.prompt_id)
+                         .where(Response.job_id == job_id).order_by(Response.id)).all()
+    by_prompt: dict[int, list] = defaultdict(list)
+    for prompt_id, messages, text in rows:
+        by_prompt[prompt_id].append((messages, text))
+    pairs = [(v[0][0], v[0][1], v[1][1]) for v in list(by_prompt.values())[:limit] if len(v) >= 2]
+    outcomes, shorter_picked, decided = Counter(), 0, 0
+    judgments = []
+    for k, (messages, a, b) in enumerate(pairs):
+        j = judge_pair(backend=heldout.judge, messages=messages, text_a=a, text_b=b, principles=heldout.principles,
+                       key=f"signal{k}")
+        judgments.append(j)
+        outcomes[j.outcome] += 1
+        d, la, lb = position_debiased(j), len(a.split()), len(b.split())
+        if d is not None and d != 0 and abs(la - lb) >= 5:
+            decided += 1
+            shorter_picked += (d > 0) == (la < lb)
+    return {"pairs": len(pairs), "outcomes": dict(outcomes), "p_first_mean": _mean_p_first(judgments),
+            "length_pairs": decided, "debiased_picks_shorter": shorter_picked, "seconds": time.perf_counter() - t0}
 
 
 def describe(task: str, row: dict[str, Any]) -> str:
@@ -421,10 +476,11 @@ def render(result: dict[str, Any]) -> str:
     task, rows = result["task"], result["rows"]
     lines = []
     if task == "grader":
-        headers = ["round", "policy", "pairs", "val accuracy", "vs base", "mean tokens", "gate acc (cand/parent)",
+        headers = ["round", "candidate", "active", "pairs", "held-out accuracy", "vs base", "mean tokens",
+                   "gate acc (cand/parent)",
                    "gate win", "sample+label s", "train job s (trainer s)", "min elapsed"]
     else:
-        headers = ["round", "policy", "pairs", "mean tokens", "mean words", "truncated", "win rate vs base [95% CI]",
+        headers = ["round", "candidate", "active", "pairs", "mean tokens", "mean words", "truncated", "win rate vs base [95% CI]",
                    "W/L/T/I", "debiased win (diag.)", "gate win", "sample+label s", "train job s (trainer s)",
                    "min elapsed"]
     body = []
@@ -435,17 +491,19 @@ def render(result: dict[str, Any]) -> str:
         phase = [fmt(timing.get("sample_label_s"), ".0f"),
                  f"{fmt(timing.get('train_job_s'), '.0f')} ({fmt(timing.get('trainer_s'), '.0f')})" if timing else "-"]
         gate_win = fmt(loop.get("win_rate"), ".2f")
+        candidate = ("-" if not loop.get("train_job") else
+                     loop["policy"] + ("" if loop.get("promoted") else " (held back)"))
         if task == "grader":
             gate_acc = (f"{fmt(loop.get('accuracy'), '.2f')}/{fmt(loop.get('parent_accuracy'), '.2f')}"
                         if loop else "-")
-            body.append([m["round"], m["policy"], fmt(m.get("pairs"), "d"), f"{m['accuracy']:.3f}",
+            body.append([m["round"], candidate, m["policy"], fmt(m.get("pairs"), "d"), f"{m['accuracy']:.3f}",
                          f"{(m['accuracy'] - base['accuracy']) * 100:+.1f} pts", f"{m['mean_tokens']:.1f}",
                          gate_acc, gate_win, *phase, f"{m['minutes']:.1f}"])
         else:
             win = (f"{m['win_rate']:.3f} [{m['win_rate_ci95'][0]:.2f}, {m['win_rate_ci95'][1]:.2f}]"
                    if "win_rate" in m else "-")
             wlti = f"{m['wins']}/{m['losses']}/{m['ties']}/{m['inconsistent']}" if "wins" in m else "-"
-            body.append([m["round"], m["policy"], fmt(m.get("pairs"), "d"), f"{m['mean_tokens']:.1f}",
+            body.append([m["round"], candidate, m["policy"], fmt(m.get("pairs"), "d"), f"{m['mean_tokens']:.1f}",
                          f"{m['mean_words']:.1f}", f"{m['truncated']:.0%}", win, wlti,
                          fmt(m.get("debiased_win_rate"), ".2f"), gate_win, *phase,
                          f"{m['minutes']:.1f}"])
@@ -459,6 +517,12 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"\nGoal (win rate of the final policy over the base > 65%): {last['win_rate']:.1%} -> "
                      f"{'met' if last['win_rate'] > 0.65 else 'NOT met'}. Length: {base['mean_tokens']:.1f} -> "
                      f"{last['mean_tokens']:.1f} tokens, {base['mean_words']:.1f} -> {last['mean_words']:.1f} words.")
+    signal = result.get("judge_signal")
+    if signal:
+        lines.append(f"Judge signal on the loop's own sample pairs (first {signal['pairs']} prompts, re-judged, "
+                     f"{signal['seconds']:.0f} s): outcomes {signal['outcomes']}; mean P(first shown wins) "
+                     f"{fmt(signal['p_first_mean'], '.2f')}; position-debiased preference picks the shorter answer in "
+                     f"{signal['debiased_picks_shorter']}/{signal['length_pairs']} pairs that differ by >= 5 words.")
     lines.append(f"Task wall time: {result['minutes']:.1f} min.")
     return "\n".join(lines)
 
@@ -470,15 +534,19 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=("grader", "judge", "both"), default="both")
     p.add_argument("--rounds", type=int, default=3, help="loop rounds per task")
-    p.add_argument("--promote", choices=("always", "gate"), default="always",
+    p.add_argument("--promote", choices=("always", "gate"), default=None,
                    help="always: every round's policy is deployed (the gate is still run and reported); "
-                        "gate: only when the gate passes")
+                        "gate: only when the gate passes; the held-out measurement then skips the gate's val "
+                        "prompts (default: per task, gate for grader, always for judge)")
     p.add_argument("--grader", default=None, help="JSON overrides of the grader task's LoopConfig")
     p.add_argument("--judge", default=None, help="JSON overrides of the judge task's LoopConfig")
     p.add_argument("--val-limit", type=int, default=None, help="measure on the first N val prompts only")
+    p.add_argument("--signal-pairs", type=int, default=32,
+                   help="judge task: re-judge this many of the loop's sample pairs (the judge's signal; 0: skip)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workdir", type=Path, default=None, help="where the databases and adapters go (default: a temp dir)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="where the databases and adapters go (default: a temp dir)")
     p.add_argument("--json-out", type=Path, default=None, help="write all results as JSON here")
     return p
 
@@ -493,7 +561,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     data = write_data()
-    say(f"# Loop benchmark (issue 5), {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    say(f"# Loop benchmark (issue 5), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     say(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     say(f"machine: {machine_line()}; {load_line()}")
     prepare_default_model()
