@@ -31,8 +31,6 @@ sys.path.insert(0, str(_BENCH_DIR.parent))
 
 import argparse
 import datetime as dt
-import os
-import platform
 import tempfile
 import time
 from collections import Counter
@@ -51,6 +49,7 @@ from feedback.prompts import canonical_messages, content_hash
 from judges.backends.base import JudgeReply, JudgeRequest
 from judges.batch import JudgeConfig, run_judging
 from judges.constitutions import DEFAULT_PRINCIPLES, ensure_shipped, save_constitution
+from bench.machine import load_line, machine_line  # noqa: E402
 
 HELPFUL = "bench-helpful"  # a one-principle constitution: DEFAULT_PRINCIPLES[0]
 
@@ -58,23 +57,8 @@ HELPFUL = "bench-helpful"  # a one-principle constitution: DEFAULT_PRINCIPLES[0]
 # --- machine ---------------------------------------------------------------------------------
 
 
-def machine_line() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"nproc={nproc}, torch threads={torch.get_num_threads()}, CPU: {cpu}, "
-            f"torch {torch.__version__}, Python {platform.python_version()}")
 
 
-def load_line() -> str:
-    try:
-        return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-    except OSError:
-        return "load average unavailable"
 
 
 def say(*parts: Any) -> None:

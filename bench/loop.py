@@ -39,7 +39,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import random
 import re
 import tempfile
@@ -47,6 +46,7 @@ import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
+from bench.machine import load_line, machine_line  # noqa: E402
 
 DATA_DIR = _BENCH_DIR / "data"
 ARITH_INSTRUCTION = "Reply with only the number."
@@ -141,25 +141,8 @@ def write_data() -> dict[str, list[dict[str, Any]]]:
 # --- machine and output ----------------------------------------------------------------------------
 
 
-def machine_line() -> str:
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"nproc={nproc}, torch threads={torch.get_num_threads()}, CPU: {cpu}, torch {torch.__version__}, "
-            f"Python {platform.python_version()}")
 
 
-def load_line() -> str:
-    try:
-        return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-    except OSError:
-        return "load average unavailable"
 
 
 def say(*parts: Any) -> None:

@@ -32,8 +32,6 @@ sys.path.insert(0, str(_BENCH_DIR.parent))
 
 import argparse
 import datetime as dt
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -41,6 +39,7 @@ from collections.abc import Callable
 import torch
 
 from feedback.policy.base import Messages, SamplingParams
+from bench.machine import load_line, machine_line  # noqa: E402
 
 # Varied on purpose: one-liners next to long multi-paragraph prompts, so batches need padding
 # and the length sort in the client has something to do.
@@ -168,24 +167,8 @@ def run_one_at_a_time(model, tokenizer, conversations: list[Messages], params: S
     return tokens
 
 
-def machine_line() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"nproc={nproc}, torch threads={torch.get_num_threads()}, CPU: {cpu}, "
-            f"torch {torch.__version__}, Python {platform.python_version()}")
 
 
-def load_line() -> str:
-    try:
-        one, five, fifteen = os.getloadavg()
-        return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
-    except OSError:
-        return "load average unavailable"
 
 
 def make_parser() -> argparse.ArgumentParser:
