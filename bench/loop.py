@@ -46,7 +46,8 @@ import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
-from bench.machine import load_line, machine_line  # noqa: E402
+
+from bench.machine import load_line, machine_line
 
 DATA_DIR = _BENCH_DIR / "data"
 ARITH_INSTRUCTION = "Reply with only the number."
@@ -396,6 +397,8 @@ def run_task(task: str, rows: list[dict[str, Any]], args: argparse.Namespace, wo
         m = by_round.get(r["round"])
         if m is not None:
             m.update(pairs=r.get("pairs"), loop=r)
+            if task == "grader" and r.get("train_job"):  # held-back candidates too: what 'always' would deploy
+                m["candidate_accuracy"] = heldout.measure(r["policy"])["accuracy"]
     signal = None
     if task == "judge" and args.signal_pairs:
         signal = judge_signal(engine, job_id, heldout, args.signal_pairs)
@@ -459,7 +462,8 @@ def render(result: dict[str, Any]) -> str:
     task, rows = result["task"], result["rows"]
     lines = []
     if task == "grader":
-        headers = ["round", "candidate", "active", "pairs", "held-out accuracy", "vs base", "mean tokens",
+        headers = ["round", "candidate", "candidate acc", "active", "pairs", "held-out accuracy (active)", "vs base",
+                   "mean tokens",
                    "gate acc (cand/parent)",
                    "gate win", "sample+label s", "train job s (trainer s)", "min elapsed"]
     else:
@@ -479,7 +483,8 @@ def render(result: dict[str, Any]) -> str:
         if task == "grader":
             gate_acc = (f"{fmt(loop.get('accuracy'), '.2f')}/{fmt(loop.get('parent_accuracy'), '.2f')}"
                         if loop else "-")
-            body.append([m["round"], candidate, m["policy"], fmt(m.get("pairs"), "d"), f"{m['accuracy']:.3f}",
+            body.append([m["round"], candidate, fmt(m.get("candidate_accuracy")), m["policy"], fmt(m.get("pairs"), "d"),
+                         f"{m['accuracy']:.3f}",
                          f"{(m['accuracy'] - base['accuracy']) * 100:+.1f} pts", f"{m['mean_tokens']:.1f}",
                          gate_acc, gate_win, *phase, f"{m['minutes']:.1f}"])
         else:

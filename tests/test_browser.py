@@ -207,8 +207,14 @@ def response_box(page, title: str):
                         '/ancestor::div[@data-testid="stElementContainer"][1]/parent::div')
 
 
+def drawn_text(locator) -> str:
+    """The locator's text once the browser has drawn some: a read mid-render can see an empty element."""
+    expect(locator).to_have_text(re.compile(r"\S"))
+    return locator.inner_text().strip()
+
+
 def response_text(page, title: str) -> str:
-    return response_box(page, title).get_by_test_id("stMarkdownContainer").nth(1).inner_text().strip()
+    return drawn_text(response_box(page, title).get_by_test_id("stMarkdownContainer").nth(1))
 
 
 def prompt_bubble(page):
@@ -222,7 +228,7 @@ def progress_caption(page):
 def shown_pair(page) -> dict[str, str]:
     settled(page)
     expect(response_box(page, "Response B")).to_be_visible()
-    return {"prompt": prompt_bubble(page).inner_text().strip(), "left": response_text(page, "Response A"),
+    return {"prompt": drawn_text(prompt_bubble(page)), "left": response_text(page, "Response A"),
             "right": response_text(page, "Response B")}
 
 
@@ -268,7 +274,7 @@ def test_annotator_labels_pairs_and_a_single(page, app_server):
     expect(page.get_by_role("heading", name="Rate a response")).to_be_visible()
     settled(page)
     expect(progress_caption(page)).to_contain_text("3 in all")
-    single = {"prompt": prompt_bubble(page).inner_text().strip(), "text": response_text(page, "Response")}
+    single = {"prompt": drawn_text(prompt_bubble(page)), "text": response_text(page, "Response")}
     page.screenshot(path=str(SHOTS / "rate.png"), full_page=True)
     page.get_by_role("radio", name="Thumbs up").click()
     expect(progress_caption(page)).to_contain_text("4 in all")
