@@ -129,9 +129,14 @@ def _tiers(session: Session) -> list:
     ]
 
 
+# Built once: a fresh aliased() per call costs ~2 ms of column adaptation and defeats the
+# compiled-statement cache, on a path every vote takes.
+_RESPONSE_A, _RESPONSE_B = aliased(Response, name="response_a"), aliased(Response, name="response_b")
+
+
 def _claim_of(session: Session, assignment: Assignment) -> Claim:
     # One query for everything the page shows (a hot path: every vote ends in a claim).
-    ra, rb = aliased(Response), aliased(Response)
+    ra, rb = _RESPONSE_A, _RESPONSE_B
     kind, messages, text_a, text_b = session.execute(
         select(Item.kind, Prompt.messages, ra.text, rb.text)
         .join(Prompt, Prompt.id == Item.prompt_id).join(ra, ra.id == Item.response_a_id)
