@@ -7,7 +7,7 @@ import streamlit as st
 from sqlalchemy import Engine
 
 from db.engine import engine_for, session_scope
-from db.models import User
+from db.models import Job, User
 from feedback.render import inert_markdown
 from feedback.settings import get_settings
 
@@ -140,6 +140,20 @@ def job_progress_rows(*, engine: Engine, kind: str, user: User, unit: str, limit
             st.caption(f"No {kind} jobs yet.")
     for job in resumed:  # after the commit, so the worker finds the job queued
         jobs.start_detached(job=job, database_url=get_settings().database_url)
+
+
+def start_admin_job(engine: Engine, user: User, *, kind: str, config: dict) -> Job:
+    """Create a job as this admin (the role checked in the same transaction) and start its worker
+    once that has committed, so the worker finds the job row."""
+    from feedback import jobs
+    from feedback.users import require_role
+
+    with session_scope(engine) as session:
+        require_role(session.merge(user), "admin")
+        job = jobs.create_job(session=session, kind=kind, config=config, created_by_id=user.id,
+                              actor=f"app:{user.username}")
+    jobs.start_detached(job=job, database_url=get_settings().database_url)
+    return job
 
 
 def skip_item(engine: Engine, user: User, assignment_id: int) -> None:

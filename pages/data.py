@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from db.engine import session_scope
-from feedback import audit, jobs
+from feedback import audit
 from feedback.browse import counts, list_items, list_prompts, list_responses, policy_names
 from feedback.errors import UserError
 from feedback.export import FORMATS, export_rows, to_jsonl
@@ -16,7 +16,7 @@ from feedback.prompts import import_prompt_file_bytes
 from feedback.sampling import SamplingConfig
 from feedback.settings import get_settings
 from feedback.users import require_role
-from pages.common import get_engine, job_progress_rows, require_page_role
+from pages.common import get_engine, job_progress_rows, require_page_role, start_admin_job
 
 user = require_page_role("admin")
 engine = get_engine()
@@ -95,11 +95,7 @@ with tab_sample:
             config = SamplingConfig(limit=int(limit), n_per_prompt=int(n), max_new_tokens=int(max_new_tokens),
                                     temperature=temperature, top_p=top_p, items=items,
                                     policy_version=version, versus_version=versus)
-            with session_scope(engine) as session:
-                require_role(session.merge(user), "admin")
-                job = jobs.create_job(session=session, kind="sample", config=asdict(config),
-                                      created_by_id=user.id, actor=f"app:{user.username}")
-            jobs.start_detached(job=job, database_url=settings.database_url)
+            job = start_admin_job(engine, user, kind="sample", config=asdict(config))
             st.toast(f"Sampling job {job.id} started")
         except UserError as exc:
             st.error(str(exc))

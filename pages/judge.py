@@ -8,16 +8,13 @@ from sqlalchemy import select
 
 from db.engine import session_scope
 from db.models import Judgment
-from feedback import jobs
 from feedback.errors import UserError
-from feedback.settings import get_settings
-from feedback.users import require_role
 from judges import calibration
 from judges.backends import backend_names
 from judges.batch import JudgeConfig
 from judges.graders import parse_grader
 from judges.constitutions import DEFAULT_NAME, ensure_shipped, list_constitutions, save_constitution
-from pages.common import get_engine, job_progress_rows, require_page_role
+from pages.common import get_engine, job_progress_rows, require_page_role, start_admin_job
 
 me = require_page_role("admin")
 engine = get_engine()
@@ -78,11 +75,7 @@ with tab_run:
             config = JudgeConfig(constitution=constitution, backend=backend, model=model or None, mode=mode,
                                  selection=selection, on_disagreement=disagreement, max_items=int(max_items),
                                  max_cost_usd=max_cost or None, concurrency=int(concurrency), batch_api=batch_api)
-            with session_scope(engine) as s:
-                require_role(s.merge(me), "admin")
-                job = jobs.create_job(session=s, kind="judge", config=asdict(config), created_by_id=me.id,
-                                      actor=f"app:{me.username}")
-            jobs.start_detached(job=job, database_url=get_settings().database_url)
+            job = start_admin_job(engine, me, kind="judge", config=asdict(config))
             st.toast(f"Judge job {job.id} started")
         except UserError as exc:
             st.error(str(exc))
@@ -111,11 +104,7 @@ with tab_graders:
     if start_grading:
         try:
             parse_grader(spec)
-            with session_scope(engine) as s:
-                require_role(s.merge(me), "admin")
-                job = jobs.create_job(session=s, kind="grade", config={"spec": spec, "limit": int(grade_limit) or None},
-                                      created_by_id=me.id, actor=f"app:{me.username}")
-            jobs.start_detached(job=job, database_url=get_settings().database_url)
+            job = start_admin_job(engine, me, kind="grade", config={"spec": spec, "limit": int(grade_limit) or None})
             st.toast(f"Grading job {job.id} started")
         except UserError as exc:
             st.error(str(exc))
