@@ -42,10 +42,7 @@ import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
-import shutil  # noqa: E402
-import socket  # noqa: E402
 import sqlite3  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -60,9 +57,9 @@ from db.engine import make_engine, session_scope  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
 from db.models import Label, User  # noqa: E402
 from feedback import queue  # noqa: E402
+from tests.local_servers import PG_BIN_DIRS, new_database, throwaway_cluster  # noqa: E402
 from tests.test_queue import make_items, make_users, set_queue  # noqa: E402
 
-PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 GOAL_P95_MS = 50.0  # at 20 annotators, on SQLite
 
 
@@ -100,48 +97,17 @@ class Result:
 # --- databases ----------------------------------------------------------------------------------
 
 
-def _as_postgres_user(cmd: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
 @contextlib.contextmanager
 def postgres_server() -> Iterator[str | None]:
     """A Postgres server URL (no database): TEST_POSTGRES_URL, or a throw-away cluster, or None."""
     if url := os.environ.get("TEST_POSTGRES_URL"):
         yield url
-        return
-    if not PG_BIN_DIRS:
+    elif not PG_BIN_DIRS:
         yield None
-        return
-    bin_dir = PG_BIN_DIRS[0]
-    root = Path(tempfile.mkdtemp(prefix="pgbench-"))
-    data = root / "data"
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run(_as_postgres_user([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                                      "-E", "UTF8", "--no-instructions"]), check=True, capture_output=True)
-    # Same settings as the test cluster (fsync off: this measures the queue, not the disk).
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run(_as_postgres_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options,
-                                      "-l", str(root / "log"), "-w", "start"]), check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run(_as_postgres_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-                       check=False, capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def new_postgres_database(server_url: str) -> str:
-    import psycopg
-
-    name = f"bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url.replace("+psycopg", "") + "/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{server_url}/{name}"
+    else:
+        # The same cluster settings as the tests (fsync off: this measures the queue, not the disk).
+        with throwaway_cluster(prefix="pgbench-") as url:
+            yield url
 
 
 def postgres_version(server_url: str) -> str:
@@ -236,7 +202,7 @@ def sqlite_run(args: argparse.Namespace) -> Result:
 
 
 def postgres_run(server_url: str, args: argparse.Namespace) -> Result:
-    url = new_postgres_database(server_url)
+    url = new_database(server_url, prefix="bench_")
     upgrade(url)
     # A connection per annotator thread: make_engine's default pool (5 + 10) would queue them.
     engine = create_engine(url, pool_size=args.annotators + 5, max_overflow=5, pool_pre_ping=True)

@@ -4,30 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
 
 from db.engine import make_engine
 from db.migrate import upgrade
+from tests.local_servers import PG_BIN_DIRS, new_database, throwaway_cluster
 
-PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_postgres_user(cmd: list[str]) -> list[str]:
-    # initdb refuses to run as root; CI and these machines run as root.
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
 @pytest.fixture(scope="session")
@@ -40,33 +25,8 @@ def postgres_server():
         if REQUIRE_POSTGRES:
             pytest.fail("Postgres binaries not found (apt-get install postgresql); REQUIRE_POSTGRES=1")
         pytest.skip("Postgres is not installed")
-    bin_dir = PG_BIN_DIRS[0]
-    root = Path(tempfile.mkdtemp(prefix="pgtest-"))
-    data = root / "data"
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-    port = _free_port()
-    subprocess.run(_as_postgres_user([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres",
-                                      "--auth=trust", "-E", "UTF8", "--no-instructions"]),
-                   check=True, capture_output=True)
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run(_as_postgres_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options,
-                                      "-l", str(root / "log"), "-w", "start"]), check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run(_as_postgres_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def new_postgres_database(server_url: str) -> str:
-    import psycopg
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url.replace("+psycopg", "") + "/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{server_url}/{name}"
+    with throwaway_cluster() as url:
+        yield url
 
 
 @pytest.fixture
@@ -78,7 +38,7 @@ def sqlite_url(tmp_path) -> str:
 
 @pytest.fixture
 def postgres_url(postgres_server) -> str:
-    url = new_postgres_database(postgres_server)
+    url = new_database(postgres_server)
     upgrade(url)
     return url
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from feedback.policies import ensure_base_policy
 from feedback.prompts import canonical_messages, content_hash
 from feedback.settings import PROJECT_ROOT
 from feedback.users import create_user
+from tests.local_servers import free_port
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
@@ -44,11 +44,6 @@ XSS_B = ("See ![pixel](http://127.0.0.1:9/tracker.png) and [click me](javascript
 if not Path(CHROMIUM).exists():
     pytestmark = pytest.mark.skip(reason=f"{CHROMIUM} not installed (scripts/system-packages.sh)")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _prompt(session, text: str) -> Prompt:
@@ -104,7 +99,7 @@ def app_server(tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('browser') / 'app.sqlite3'}"
     upgrade(url)
     _seed(url)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
     env["DATABASE_URL"] = url
     log = tmp_path_factory.mktemp("browser-log") / "streamlit.log"

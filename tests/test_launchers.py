@@ -24,6 +24,7 @@ from feedback.policies import ensure_base_policy
 from feedback.prompts import canonical_messages, content_hash
 from feedback.sampling import SamplingConfig
 from feedback.settings import PROJECT_ROOT
+from tests.local_servers import free_port
 
 SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-secret-for-test", "JUDGE_API_KEY": "judge-secret-for-test"}
 
@@ -145,11 +146,6 @@ def test_local_launcher_runs_a_real_job(engine, db_url, tiny_model_dir, monkeypa
 
 # --- a real Ray head on loopback --------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _proc_table() -> dict[int, tuple[int, int, str, str]]:
     """pid -> (ppid, session id, start time, state) for every process, from /proc."""
@@ -225,16 +221,16 @@ def ray_cluster():
     ray_bin = Path(sys.executable).with_name("ray")
     # Short: Ray puts Unix sockets under it (108-byte limit), so not pytest's deep tmp_path.
     temp_dir = tempfile.mkdtemp(prefix="rayt-", dir="/tmp")
-    dashboard_port = _free_port()
+    dashboard_port = free_port()
     address = f"http://127.0.0.1:{dashboard_port}"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # Ray maps 127.0.0.1 to the host's routable IP on Linux (for multi-node clusters) unless it
     # thinks clustering is off: this keeps every node address, and the job driver, on loopback.
     env.update(RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     cmd = [str(ray_bin), "start", "--head", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
-           f"--port={_free_port()}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={_free_port()}",
-           f"--ray-client-server-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+           f"--port={free_port()}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+           f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={free_port()}",
+           f"--ray-client-server-port={free_port()}", f"--metrics-export-port={free_port()}",
            "--num-cpus=1", "--object-store-memory=100000000",  # 100 MB of /dev/shm is plenty: no objects
            f"--temp-dir={temp_dir}"]
     log_path = Path(temp_dir) / "ray-start.log"

@@ -29,17 +29,13 @@ from feedback.policy.base import SamplingParams
 from feedback.policy.openai_compat import OpenAIPolicyClient
 from feedback.prompts import content_hash
 from feedback.sampling import SamplingConfig, _normalised, run_sampling
+from tests.local_servers import free_port
 
 MODEL_ALIAS = "smollm2"
 STARTUP_TIMEOUT_S = 120.0
 # A direct opener: loopback requests must never go through an HTTP(S)_PROXY from the environment.
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -55,7 +51,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 @pytest.fixture(scope="module")
 def llama_server() -> Iterator[str]:
     """`python -m llama_cpp.server` on a free loopback port; yields its /v1 base URL."""
-    port = _free_port()
+    port = free_port()
     log_dir = Path(tempfile.mkdtemp(prefix="llama-server-"))
     log_path = log_dir / "server.log"
     cmd = [

@@ -10,6 +10,9 @@ One step = one rollout followed by a few epochs of clipped updates on it:
     4. GAE over the completion tokens with the value head's estimates -> advantages and returns
     5. `ppo_epochs` passes of mini-batches: clipped policy loss + vf_coef * clipped value loss
 
+`collect_rollout` is step 1 and `ppo_update` step 5; `main` does 2-4 between them, plus what a
+training loop keeps track of (prompt order, logs, the KL coefficient, checkpoints, callbacks).
+
 The policy is the base model with a LoRA adapter (what vLLM hot-loads); the value head is a single
 Linear on the policy's last hidden state, trained jointly. The reference is the same network with
 the adapter switched off, so it costs no extra memory, unless the round names a reference adapter.
@@ -214,6 +217,128 @@ def score_completions(rows: list[dict[str, Any]], texts: list[str], completion_i
     return total, by_source
 
 
+# --- one PPO step --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One step's samples, scored once before any update: the PPO epochs take their ratios and
+    value clips relative to these, so they must not change while the epochs run. Token tensors
+    are (B, T) over the completion, sequence tensors (B, prompt + T)."""
+
+    sequences: torch.Tensor  # prompt (left-padded) + completion ids
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    completion_ids: torch.Tensor
+    mask: torch.Tensor  # True up to and including each completion's first EOS
+    logprobs: torch.Tensor  # under the policy that sampled them (the "old" policy)
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    T: int
+
+
+def _encode_prompts(*, tokenizer, rows: list[dict[str, Any]], max_prompt_length: int, device):
+    texts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
+             if is_conversational(r["prompt"]) else str(r["prompt"]) for r in rows]
+    return tokenizer(texts, padding=True, truncation=True, max_length=max_prompt_length,
+                     add_special_tokens=False, return_tensors="pt").to(device)
+
+
+def collect_rollout(*, model: PolicyAndValue, reference, tokenizer, rows: list[dict[str, Any]], generation_config,
+                    eos_ids: torch.Tensor, cfg: PPOConfig, accelerator) -> Rollout:
+    """Step 1: sample one completion per prompt, then score every sampled token under the policy,
+    the reference and the value head. `model` is the unwrapped module: DDP's wrapper has no
+    .policy to generate with, and nothing here needs gradients to sync."""
+    with torch.no_grad(), accelerator.autocast():
+        prompt = _encode_prompts(tokenizer=tokenizer, rows=rows, device=accelerator.device,
+                                 max_prompt_length=cfg.max_length - cfg.max_new_tokens)
+        model.eval()
+        with only_these_sampling_settings(model.policy, generation_config):
+            sequences = model.policy.generate(**prompt, generation_config=generation_config)
+        n_prompt = prompt["input_ids"].shape[1]
+        completion_ids = sequences[:, n_prompt:]
+        mask = completion_mask(completion_ids, eos_ids)
+        attention_mask = torch.cat([prompt["attention_mask"].bool(), mask], dim=1).long()
+        position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # left padding: count real tokens only
+        T = completion_ids.shape[1]
+        logits, values = model(sequences, attention_mask, position_ids, T)
+        values = values.float()
+        logprobs = token_logprobs(logits.float() / cfg.temperature, completion_ids)
+        del logits  # (B, T, vocab): free it before the reference's own
+        ref_kwargs = {"input_ids": sequences, "attention_mask": attention_mask, "position_ids": position_ids,
+                      "use_cache": False, "logits_to_keep": T + 1}
+        if reference is None:  # the same weights with the LoRA branch switched off
+            with model.policy.disable_adapter():
+                ref_logits = model.policy(**ref_kwargs).logits
+        else:
+            ref_logits = reference(**ref_kwargs).logits
+        ref_logprobs = token_logprobs(ref_logits[:, :-1].float() / cfg.temperature, completion_ids)
+    return Rollout(sequences=sequences, attention_mask=attention_mask, position_ids=position_ids,
+                   completion_ids=completion_ids, mask=mask, logprobs=logprobs, ref_logprobs=ref_logprobs,
+                   values=values, T=T)
+
+
+def ppo_update(*, model, optimizer, accelerator, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor,
+               cfg: PPOConfig) -> dict[str, list[float]]:
+    """Step 5: `ppo_epochs` shuffled passes of clipped policy + value updates over the rollout.
+    `model` is the prepared (DDP) module, so gradients average across processes. Returns each
+    mini-batch's losses and diagnostics, per name."""
+    old_logprobs, old_values = rollout.logprobs, rollout.values
+    model.train()
+    stats = defaultdict(list)
+    for _ in range(cfg.ppo_epochs):
+        for idx in torch.randperm(len(rollout.sequences), device=accelerator.device).split(cfg.mini_batch_size):
+            with accelerator.accumulate(model):
+                mb_mask = rollout.mask[idx]
+                new_logits, vpred = model(rollout.sequences[idx], rollout.attention_mask[idx],
+                                          rollout.position_ids[idx], rollout.T)
+                new_logits = new_logits.float() / cfg.temperature
+                new_logprobs = token_logprobs(new_logits, rollout.completion_ids[idx])
+                ratio = torch.exp(new_logprobs - old_logprobs[idx])
+                pg_losses = torch.max(-advantages[idx] * ratio,
+                                      -advantages[idx] * ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange))
+                pg_loss = masked_mean(pg_losses, mb_mask)
+                vpred = vpred.float()
+                v_clipped = old_values[idx] + (vpred - old_values[idx]).clamp(-cfg.cliprange_value, cfg.cliprange_value)
+                vf_losses = torch.max((vpred - returns[idx]) ** 2, (v_clipped - returns[idx]) ** 2)
+                vf_loss = 0.5 * masked_mean(vf_losses, mb_mask)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            with torch.no_grad():
+                stats["policy_loss"].append(pg_loss.item())
+                stats["value_loss"].append(vf_loss.item())
+                stats["loss"].append(loss.item())
+                stats["entropy"].append(masked_mean(entropy_from_logits(new_logits), mb_mask).item())
+                stats["approx_kl"].append(masked_mean(0.5 * (new_logprobs - old_logprobs[idx]) ** 2, mb_mask).item())
+                stats["clipfrac"].append(masked_mean(((ratio - 1).abs() > cfg.cliprange).float(), mb_mask).item())
+            del new_logits
+    return stats
+
+
+def gather_step_logs(*, accelerator, cfg: PPOConfig, stats: dict[str, list[float]], by_source: dict[str, float],
+                     scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float,
+                     global_batch: int) -> tuple[dict[str, float], float]:
+    """The step's logs averaged over all processes, and the next kl_coef. Logging and the KL
+    controller use all processes' samples, so every process agrees (and logs the same)."""
+    all_scores = accelerator.gather(scores.float())
+    seq_kl = accelerator.gather(kl.sum(1).float()).mean().item()  # nats per completion
+    lengths = accelerator.gather(mask.sum(1).float())
+    if cfg.adaptive_kl:
+        kl_coef = adaptive_kl_update(kl_coef, seq_kl, cfg.target_kl, global_batch, cfg.kl_horizon)
+    local = {**{k: sum(v) / len(v) for k, v in stats.items()}, **{f"rewards/{k}": v for k, v in by_source.items()}}
+    keys = sorted(local)
+    logs = dict(zip(keys, accelerator.reduce(torch.tensor([local[k] for k in keys], device=accelerator.device),
+                                              reduction="mean").tolist()))
+    logs.update({"reward": all_scores.mean().item(),
+                 "reward_std": all_scores.std().item() if all_scores.numel() > 1 else 0.0,
+                 "kl": seq_kl, "kl_coef": kl_coef, "completion_length": lengths.mean().item()})
+    return logs, kl_coef
+
+
 # --- the stage -----------------------------------------------------------------------------------
 
 
@@ -255,10 +380,49 @@ def _load_models(cfg: PPOConfig, inputs: StageInputs, checkpoint: str | None):
     return policy, tokenizer, reference
 
 
+def _sampling_config(*, cfg: PPOConfig, policy, tokenizer, device) -> tuple[Any, torch.Tensor]:
+    """The GenerationConfig every rollout samples with, and its stop tokens as a tensor for the
+    completion masks. Stop at the tokenizer's EOS and at any the model's own generation_config
+    lists (an instruct model may end its turn with a token the tokenizer does not call EOS)."""
+    from transformers import GenerationConfig
+
+    eos_ids = {tokenizer.eos_token_id}
+    gen_eos = policy.generation_config.eos_token_id
+    eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    generation_config = GenerationConfig(
+        do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, max_new_tokens=cfg.max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos_ids), use_cache=True,
+    )
+    return generation_config, torch.tensor(sorted(eos_ids), device=device)
+
+
+class PromptOrder:
+    """Which prompts a step samples: one shuffle per epoch, seeded, indexed by step, so a resumed
+    run sees exactly the prompts it would have seen; each process takes its own slice of the
+    global batch."""
+
+    def __init__(self, rows: list[dict[str, Any]], *, per_device: int, process_index: int, num_processes: int,
+                 seed: int):
+        self.rows, self.per_device, self.process_index, self.seed = rows, per_device, process_index, seed
+        self.global_batch = per_device * num_processes
+        self.permutations: dict[int, list[int]] = {}
+
+    def rows_for(self, step: int) -> list[dict[str, Any]]:
+        picked = []
+        start = (step - 1) * self.global_batch + self.process_index * self.per_device
+        for pos in range(start, start + self.per_device):
+            epoch, i = divmod(pos, len(self.rows))
+            if epoch not in self.permutations:
+                generator = torch.Generator().manual_seed(self.seed + epoch)
+                self.permutations[epoch] = torch.randperm(len(self.rows), generator=generator).tolist()
+            picked.append(self.rows[self.permutations[epoch][i]])
+        return picked
+
+
 def main(cfg: PPOConfig, inputs: StageInputs) -> StageResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from transformers import GenerationConfig, TrainerControl, TrainerState
+    from transformers import TrainerControl, TrainerState
 
     _validate(cfg, inputs)
     bf16 = not on_cpu() and torch.cuda.is_bf16_supported()
@@ -287,39 +451,12 @@ def main(cfg: PPOConfig, inputs: StageInputs) -> StageResult:
         reference.to(device)
     reward_model = RewardModel(inputs.reward_model_dir, device, cfg.max_length) if inputs.reward_model_dir else None
     weights = [float(w) for w in cfg.reward_weights] or [1.0] * len(inputs.reward_funcs)
+    generation_config, eos_ids = _sampling_config(cfg=cfg, policy=policy, tokenizer=tokenizer, device=device)
 
-    eos_ids = {tokenizer.eos_token_id}
-    gen_eos = policy.generation_config.eos_token_id
-    eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
-    eos_ids_t = torch.tensor(sorted(eos_ids), device=device)
-    generation_config = GenerationConfig(
-        do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, max_new_tokens=cfg.max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos_ids), use_cache=True,
-    )
-
-    # Data order: one shuffle per epoch, seeded, indexed by step, so a resumed run sees exactly
-    # the prompts it would have seen; each process takes its own slice of the global batch.
-    n_rows, n_proc = len(inputs.train_rows), accelerator.num_processes
-    global_batch = cfg.rollout_batch_size * n_proc
+    prompt_order = PromptOrder(inputs.train_rows, per_device=cfg.rollout_batch_size, seed=cfg.seed,
+                               process_index=accelerator.process_index, num_processes=accelerator.num_processes)
+    n_rows, global_batch = len(inputs.train_rows), prompt_order.global_batch
     max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * n_rows / global_batch)
-    permutations: dict[int, list[int]] = {}
-
-    def rows_for(step: int) -> list[dict[str, Any]]:
-        picked = []
-        start = (step - 1) * global_batch + accelerator.process_index * cfg.rollout_batch_size
-        for pos in range(start, start + cfg.rollout_batch_size):
-            epoch, i = divmod(pos, n_rows)
-            if epoch not in permutations:
-                generator = torch.Generator().manual_seed(cfg.seed + epoch)
-                permutations[epoch] = torch.randperm(n_rows, generator=generator).tolist()
-            picked.append(inputs.train_rows[permutations[epoch][i]])
-        return picked
-
-    def encode_prompts(rows: list[dict[str, Any]]):
-        texts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
-                 if is_conversational(r["prompt"]) else str(r["prompt"]) for r in rows]
-        return tokenizer(texts, padding=True, truncation=True, max_length=cfg.max_length - cfg.max_new_tokens,
-                         add_special_tokens=False, return_tensors="pt").to(device)
 
     args = SimpleNamespace(output_dir=str(output_dir), max_steps=max_steps, logging_steps=cfg.logging_steps,
                            save_steps=cfg.save_steps, learning_rate=cfg.learning_rate, seed=cfg.seed,
@@ -339,34 +476,13 @@ def main(cfg: PPOConfig, inputs: StageInputs) -> StageResult:
 
     for step in range(state.global_step + 1, max_steps + 1):
         set_seed(cfg.seed + step, device_specific=True)  # a resumed run samples what the original would have
-        rows = rows_for(step)
-        unwrapped = accelerator.unwrap_model(model)
+        rows = prompt_order.rows_for(step)
 
         # 1. rollout: sample, then score every sampled token under policy, reference and value head
-        with torch.no_grad(), accelerator.autocast():
-            prompt = encode_prompts(rows)
-            unwrapped.eval()
-            with only_these_sampling_settings(unwrapped.policy, generation_config):
-                sequences = unwrapped.policy.generate(**prompt, generation_config=generation_config)
-            n_prompt = prompt["input_ids"].shape[1]
-            completion_ids = sequences[:, n_prompt:]
-            mask = completion_mask(completion_ids, eos_ids_t)
-            attention_mask = torch.cat([prompt["attention_mask"].bool(), mask], dim=1).long()
-            position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # left padding: count real tokens only
-            T = completion_ids.shape[1]
-            logits, values = unwrapped(sequences, attention_mask, position_ids, T)
-            values = values.float()
-            logprobs = token_logprobs(logits.float() / cfg.temperature, completion_ids)
-            del logits
-            ref_kwargs = {"input_ids": sequences, "attention_mask": attention_mask, "position_ids": position_ids,
-                          "use_cache": False, "logits_to_keep": T + 1}
-            if reference is None:  # the same weights with the LoRA branch switched off
-                with unwrapped.policy.disable_adapter():
-                    ref_logits = unwrapped.policy(**ref_kwargs).logits
-            else:
-                ref_logits = reference(**ref_kwargs).logits
-            ref_logprobs = token_logprobs(ref_logits[:, :-1].float() / cfg.temperature, completion_ids)
-            del ref_logits
+        rollout = collect_rollout(model=accelerator.unwrap_model(model), reference=reference, tokenizer=tokenizer,
+                                  rows=rows, generation_config=generation_config, eos_ids=eos_ids, cfg=cfg,
+                                  accelerator=accelerator)
+        completion_ids, mask = rollout.completion_ids, rollout.mask
 
         # 2. rewards: one scalar per completion from every source, weighted
         kept_ids = [ids[m].tolist() for ids, m in zip(completion_ids, mask)]
@@ -376,66 +492,26 @@ def main(cfg: PPOConfig, inputs: StageInputs) -> StageResult:
         scores = scores.to(device)
 
         # 3. per-token rewards: the KL penalty on every token, the score on the last real one
-        kl = (logprobs - ref_logprobs).masked_fill(~mask, 0.0)  # nats per token (k1 estimator)
+        kl = (rollout.logprobs - rollout.ref_logprobs).masked_fill(~mask, 0.0)  # nats per token (k1 estimator)
         rewards = -kl_coef * kl
         last = mask.sum(1) - 1
         rewards[torch.arange(len(rows), device=device), last] += scores
 
         # 4. advantages and value targets
-        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        advantages, returns = gae(rewards, rollout.values, mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
 
         # 5. clipped PPO updates on mini-batches of this rollout
-        model.train()
-        stats = defaultdict(list)
-        for _ in range(cfg.ppo_epochs):
-            for idx in torch.randperm(len(rows), device=device).split(cfg.mini_batch_size):
-                with accelerator.accumulate(model):
-                    mb_mask = mask[idx]
-                    new_logits, vpred = model(sequences[idx], attention_mask[idx], position_ids[idx], T)
-                    new_logits = new_logits.float() / cfg.temperature
-                    new_logprobs = token_logprobs(new_logits, completion_ids[idx])
-                    ratio = torch.exp(new_logprobs - logprobs[idx])
-                    pg_losses = torch.max(-advantages[idx] * ratio,
-                                          -advantages[idx] * ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange))
-                    pg_loss = masked_mean(pg_losses, mb_mask)
-                    vpred = vpred.float()
-                    v_clipped = values[idx] + (vpred - values[idx]).clamp(-cfg.cliprange_value, cfg.cliprange_value)
-                    vf_losses = torch.max((vpred - returns[idx]) ** 2, (v_clipped - returns[idx]) ** 2)
-                    vf_loss = 0.5 * masked_mean(vf_losses, mb_mask)
-                    loss = pg_loss + cfg.vf_coef * vf_loss
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad()
-                with torch.no_grad():
-                    stats["policy_loss"].append(pg_loss.item())
-                    stats["value_loss"].append(vf_loss.item())
-                    stats["loss"].append(loss.item())
-                    stats["entropy"].append(masked_mean(entropy_from_logits(new_logits), mb_mask).item())
-                    stats["approx_kl"].append(masked_mean(0.5 * (new_logprobs - logprobs[idx]) ** 2, mb_mask).item())
-                    stats["clipfrac"].append(masked_mean(((ratio - 1).abs() > cfg.cliprange).float(), mb_mask).item())
-                del new_logits
+        stats = ppo_update(model=model, optimizer=optimizer, accelerator=accelerator, rollout=rollout,
+                           advantages=advantages, returns=returns, cfg=cfg)
 
-        # Logging and the KL controller use all processes' samples, so every process agrees.
-        all_scores = accelerator.gather(scores.float())
-        seq_kl = accelerator.gather(kl.sum(1).float()).mean().item()  # nats per completion
-        lengths = accelerator.gather(mask.sum(1).float())
-        if cfg.adaptive_kl:
-            kl_coef = adaptive_kl_update(kl_coef, seq_kl, cfg.target_kl, global_batch, cfg.kl_horizon)
-        local = {**{k: sum(v) / len(v) for k, v in stats.items()}, **{f"rewards/{k}": v for k, v in by_source.items()}}
-        keys = sorted(local)
-        logs = dict(zip(keys, accelerator.reduce(torch.tensor([local[k] for k in keys], device=device),
-                                                  reduction="mean").tolist()))
-        mean_reward = all_scores.mean().item()
-        reward_first = mean_reward if reward_first is None else reward_first
+        logs, kl_coef = gather_step_logs(accelerator=accelerator, cfg=cfg, stats=stats, by_source=by_source,
+                                         scores=scores, kl=kl, mask=mask, kl_coef=kl_coef, global_batch=global_batch)
+        reward_first = logs["reward"] if reward_first is None else reward_first
         loss_sum += logs["loss"] * len(stats["loss"])
         loss_count += len(stats["loss"])
-        logs.update({"reward": mean_reward, "reward_std": all_scores.std().item() if all_scores.numel() > 1 else 0.0,
-                     "kl": seq_kl, "kl_coef": kl_coef, "completion_length": lengths.mean().item(),
-                     "learning_rate": optimizer.param_groups[0]["lr"], "epoch": step * global_batch / n_rows})
+        logs.update({"learning_rate": optimizer.param_groups[0]["lr"], "epoch": step * global_batch / n_rows})
 
         state.global_step = step
         state.epoch = logs["epoch"]
@@ -445,7 +521,7 @@ def main(cfg: PPOConfig, inputs: StageInputs) -> StageResult:
             callbacks.fire("on_log", logs=logs, model=policy, processing_class=tokenizer)
             if accelerator.is_main_process:
                 log.info("ppo step %d/%d: reward %.3f kl %.3f loss %.4f",
-                         step, max_steps, mean_reward, seq_kl, logs["loss"])
+                         step, max_steps, logs["reward"], logs["kl"], logs["loss"])
         if cfg.save_steps > 0 and step % cfg.save_steps == 0:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
