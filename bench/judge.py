@@ -42,14 +42,14 @@ from sqlalchemy import Engine, select
 
 from db.engine import make_engine, session_scope
 from db.migrate import upgrade
-from db.models import Item, Judgment, Label, Prompt, Response
+from db.models import Item, Judgment, Label, Prompt
 from feedback import jobs
 from feedback.policies import ensure_base_policy
-from feedback.prompts import canonical_messages, content_hash
 from judges.backends.base import JudgeReply, JudgeRequest
 from judges.batch import JudgeConfig, run_judging
 from judges.constitutions import DEFAULT_PRINCIPLES, ensure_shipped, save_constitution
 from bench.machine import load_line, machine_line  # noqa: E402
+from tests.test_judge_e2e import seed_short_long_pairs  # noqa: E402
 
 HELPFUL = "bench-helpful"  # a one-principle constitution: DEFAULT_PRINCIPLES[0]
 
@@ -75,23 +75,7 @@ def fresh_engine(workdir: Path, name: str) -> Engine:
 
 
 def seed_synthetic_pairs(engine: Engine, count: int) -> None:
-    """`count` pairs as in tests/test_judge_e2e.py: a short and a long correct answer to i + i,
-    the short one alternately shown as a and as b."""
-    with session_scope(engine) as s:
-        ensure_shipped(session=s)
-        v0 = ensure_base_policy(session=s, actor="bench")
-        for i in range(count):
-            messages = canonical_messages(f"What is {i} + {i}?", None)
-            prompt = Prompt(text=messages[0]["content"], messages=messages, content_hash=content_hash(messages))
-            s.add(prompt)
-            s.flush()
-            short = Response(prompt_id=prompt.id, policy_version_id=v0.id, text=f"{2 * i}.", params={})
-            long = Response(prompt_id=prompt.id, policy_version_id=v0.id,
-                            text=f"Well, let me think about it at length: the answer is {2 * i}.", params={})
-            s.add_all([short, long])
-            s.flush()
-            a, b = (short, long) if i % 2 == 0 else (long, short)
-            s.add(Item(kind="pair", prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id))
+    seed_short_long_pairs(engine, count, actor="bench")
 
 
 def judge_job(engine: Engine, config: JudgeConfig) -> int:

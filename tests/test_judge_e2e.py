@@ -35,12 +35,13 @@ def stub(monkeypatch):
         yield server
 
 
-@pytest.fixture
-def pairs(engine):
+def seed_short_long_pairs(engine, count: int, actor: str = "cli") -> None:
+    """`count` pairs, each a short and a long correct answer to i + i, the short one alternately
+    shown as a and as b (so a judge biased to one position is caught). bench/judge.py uses them too."""
     with session_scope(engine) as s:
         ensure_shipped(session=s)
-        v0 = ensure_base_policy(session=s)
-        for i in range(6):
+        v0 = ensure_base_policy(session=s, actor=actor)
+        for i in range(count):
             messages = canonical_messages(f"What is {i} + {i}?", None)
             prompt = Prompt(text=messages[0]["content"], messages=messages, content_hash=content_hash(messages))
             s.add(prompt)
@@ -52,6 +53,11 @@ def pairs(engine):
             s.flush()
             a, b = (short, long) if i % 2 == 0 else (long, short)
             s.add(Item(kind="pair", prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id))
+
+
+@pytest.fixture
+def pairs(engine):
+    seed_short_long_pairs(engine, 6)
 
 
 def judge_job(engine, **config) -> int:
