@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from judges.graders import as_reward_func, parse_grader
-from training.ppo import PPOConfig, adaptive_kl_update, completion_mask, gae, main
+from training.ppo import PPOConfig, main
+from training.ppo_core import adaptive_kl_update, completion_mask, gae
 from training.stages.base import StageInputs, latest_checkpoint
 
 
