@@ -142,6 +142,12 @@ def job_progress_rows(*, engine: Engine, kind: str, user: User, unit: str, limit
         jobs.start_detached(job=job, database_url=get_settings().database_url)
 
 
+@st.fragment(run_every="2s")
+def live_job_progress(*, engine: Engine, kind: str, user: User, unit: str) -> None:
+    """job_progress_rows, redrawn every 2 s without rerunning the rest of the page."""
+    job_progress_rows(engine=engine, kind=kind, user=user, unit=unit)
+
+
 def start_admin_job(engine: Engine, user: User, *, kind: str, config: dict) -> Job:
     """Create a job as this admin (the role checked in the same transaction) and start its worker
     once that has committed, so the worker finds the job row."""

@@ -16,7 +16,7 @@ from feedback.prompts import import_prompt_file_bytes
 from feedback.sampling import SamplingConfig
 from feedback.settings import get_settings
 from feedback.users import require_role
-from pages.common import get_engine, job_progress_rows, require_page_role, start_admin_job
+from pages.common import get_engine, live_job_progress, require_page_role, start_admin_job
 
 user = require_page_role("admin")
 engine = get_engine()
@@ -100,11 +100,7 @@ with tab_sample:
         except UserError as exc:
             st.error(str(exc))
 
-    @st.fragment(run_every="2s")
-    def job_progress() -> None:
-        job_progress_rows(engine=engine, kind="sample", user=user, unit="prompts")
-
-    job_progress()
+    live_job_progress(engine=engine, kind="sample", user=user, unit="prompts")
 
 with tab_export:
     fmt = st.radio("Format", FORMATS, horizontal=True, format_func={

@@ -14,7 +14,7 @@ from judges.backends import backend_names
 from judges.batch import JudgeConfig
 from judges.graders import parse_grader
 from judges.constitutions import DEFAULT_NAME, ensure_shipped, list_constitutions, save_constitution
-from pages.common import get_engine, job_progress_rows, require_page_role, start_admin_job
+from pages.common import get_engine, live_job_progress, require_page_role, start_admin_job
 
 me = require_page_role("admin")
 engine = get_engine()
@@ -80,11 +80,7 @@ with tab_run:
         except UserError as exc:
             st.error(str(exc))
 
-    @st.fragment(run_every="2s")
-    def judge_jobs() -> None:
-        job_progress_rows(engine=engine, kind="judge", user=me, unit="pairs")
-
-    judge_jobs()
+    live_job_progress(engine=engine, kind="judge", user=me, unit="pairs")
 
     with session_scope(engine, read_only=True) as s:
         recent = s.scalars(select(Judgment).order_by(Judgment.id.desc()).limit(100)).all()
@@ -109,11 +105,7 @@ with tab_graders:
         except UserError as exc:
             st.error(str(exc))
 
-    @st.fragment(run_every="2s")
-    def grade_jobs() -> None:
-        job_progress_rows(engine=engine, kind="grade", user=me, unit="items")
-
-    grade_jobs()
+    live_job_progress(engine=engine, kind="grade", user=me, unit="items")
 
 with tab_calibration:
     with session_scope(engine, read_only=True) as s:

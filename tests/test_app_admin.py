@@ -50,6 +50,9 @@ def test_judge_page_saves_a_constitution_version_and_starts_a_batch(admin_app, e
     at = admin_app.switch_page("pages/judge.py").run()
     assert not at.exception
     assert [t.label for t in at.tabs] == ["Run a batch", "Graders", "Constitutions", "Calibration"]
+    # Each tab has its own live job list (the same fragment, called twice on one page).
+    captions = [c.value for c in at.caption]
+    assert "No judge jobs yet." in captions and "No grade jobs yet." in captions
     principles = next(t for t in at.text_area if t.label == "Principles, one per line")
     principles.input("Prefer the answer with fewer words.\nPrefer correct answers.")
     button(at, "Save a new version").click().run()
@@ -62,6 +65,7 @@ def test_judge_page_saves_a_constitution_version_and_starts_a_batch(admin_app, e
     assert sorted(versions) == [1, 2]
     assert job.config["backend"] == "local" and job.config["constitution"] == "default"
     assert LAUNCHED == [(job.id, "judge")]
+    assert any(f"Job {job.id} · queued" in p.text for p in at.get("progress"))
 
 
 def test_training_page_starts_one_round_and_refuses_a_second(admin_app, engine):
