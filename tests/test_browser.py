@@ -30,7 +30,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SHOTS = Path("/tmp/shots")
-PASSWORDS = {"ann": "annotator-pw", "root": "admin-password", "eve": "fresh-annotator-pw"}
+PASSWORDS = {"ann": "annotator-pw", "root": "admin-password", "eve": "fresh-annotator-pw",
+             "bob": "bob-annotator-pw", "cat": "cat-annotator-pw"}
 TIMEOUT_MS = 15_000
 
 # Four ordinary pairs and two single responses, with texts the test can find on the page.
@@ -60,7 +61,8 @@ def _seed(url: str) -> None:
         with session_scope(engine) as s:
             v0 = ensure_base_policy(session=s)
             users = {name: create_user(session=s, username=name, role=role, password=PASSWORDS[name])
-                     for name, role in (("ann", "annotator"), ("root", "admin"), ("eve", "annotator"))}
+                     for name, role in (("ann", "annotator"), ("root", "admin"), ("eve", "annotator"),
+                                        ("bob", "annotator"), ("cat", "annotator"))}
             # Refills would start a real sampling worker; the items are seeded here instead.
             s.add(QueueSettings(id=1, overlap=1, refill_below=0))
 
@@ -71,14 +73,14 @@ def _seed(url: str) -> None:
                 return r
 
             # The hostile pair has the lowest id, so it is the first pair a fresh annotator (eve)
-            # gets; ann and root had it already (skipped), so whatever order the journeys run in,
-            # only eve is shown it.
+            # gets; everybody else had it already (skipped), so whatever order the journeys run
+            # in, only eve is shown it.
             prompt = _prompt(s, XSS_PROMPT)
             xss = Item(kind="pair", prompt_id=prompt.id, response_a_id=response(prompt, XSS_A).id,
                        response_b_id=response(prompt, XSS_B).id)
             s.add(xss)
             s.flush()
-            for name in ("ann", "root"):
+            for name in ("ann", "root", "bob", "cat"):
                 s.add(Assignment(item_id=xss.id, user_id=users[name].id, shown_order="ab", status="skipped",
                                  expires_at=utcnow(), finished_at=utcnow()))
             for question, a, b in PAIRS:
@@ -353,3 +355,68 @@ def test_admin_opens_the_data_page(page, app_server):
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "data.png"), full_page=True)
     assert page.outside_requests == []
+
+
+def test_two_annotators_at_once_never_get_the_same_pair(browser, app_server):
+    """Two people signed in at the same time label a fresh pool between them: each pair is shown
+    to one of them only (overlap 1) and labelled exactly once. Runs last: it adds its own pairs,
+    and by then the earlier journeys hold every other pair."""
+    base, url = app_server
+    team = [(f"Team question {i}?", f"first team answer {i}", f"second team answer {i}") for i in range(6)]
+    engine = make_engine(url)
+    try:
+        with session_scope(engine) as s:
+            v0 = ensure_base_policy(session=s)
+            for question, a, b in team:
+                prompt = _prompt(s, question)
+                ra, rb = (Response(prompt_id=prompt.id, policy_version_id=v0.id, text=t, params={}) for t in (a, b))
+                s.add_all([ra, rb])
+                s.flush()
+                s.add(Item(kind="pair", prompt_id=prompt.id, response_a_id=ra.id, response_b_id=rb.id))
+    finally:
+        engine.dispose()
+
+    contexts = [browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(2)]
+    try:
+        bob, cat = (c.new_page() for c in contexts)
+        for p in (bob, cat):
+            p.set_default_timeout(TIMEOUT_MS)
+        sign_in(bob, base, "bob")
+        sign_in(cat, base, "cat")
+        seen: dict[str, list[str]] = {"bob": [], "cat": []}
+        for round_no in range(1, 4):
+            shown = {name: shown_pair(p)["prompt"] for name, p in (("bob", bob), ("cat", cat))}
+            # Both screens show a pair at the same moment: never the same one.
+            assert shown["bob"] != shown["cat"], shown
+            for name in shown:
+                seen[name].append(shown[name])
+            # Click in both browsers without waiting in between: the two votes are in flight together.
+            bob.get_by_role("button", name=re.compile(r"^A is better")).click()
+            cat.get_by_role("button", name=re.compile(r"^B is better")).click()
+            for name, p in (("bob", bob), ("cat", cat)):
+                expect(progress_caption(p)).to_contain_text(f", {round_no} in all")
+                if round_no < 3:
+                    expect(prompt_bubble(p)).not_to_have_text(shown[name])
+        # Six pairs, three each: the pool is empty for both now.
+        for p in (bob, cat):
+            settled(p)
+            expect(progress_caption(p)).to_contain_text("0 pairs left for you")
+    finally:
+        for c in contexts:
+            c.close()
+
+    assert sorted(seen["bob"] + seen["cat"]) == sorted(q for q, _, _ in team)
+    engine = make_engine(url)
+    try:
+        with session_scope(engine, read_only=True) as s:
+            rows = s.execute(select(Prompt.text, User.username, Label.choice, Label.shown_order)
+                             .join(Item, Item.id == Label.item_id).join(Prompt, Prompt.id == Item.prompt_id)
+                             .join(User, User.id == Label.user_id)
+                             .where(Prompt.text.like("Team question %"))).all()
+    finally:
+        engine.dispose()
+    assert len(rows) == 6 and len({text for text, *_ in rows}) == 6  # each pair labelled exactly once
+    assert {text: user for text, user, *_ in rows} == {q: name for name in seen for q in seen[name]}
+    for _, user, choice, shown_order in rows:  # bob chose left, cat right, mapped through the shown order
+        left, right = ("a", "b") if shown_order == "ab" else ("b", "a")
+        assert choice == (left if user == "bob" else right)
