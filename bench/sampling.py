@@ -167,10 +167,6 @@ def run_one_at_a_time(model, tokenizer, conversations: list[Messages], params: S
     return tokens
 
 
-
-
-
-
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

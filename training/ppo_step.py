@@ -39,7 +39,6 @@ def only_these_sampling_settings(model, generation_config):
         base.generation_config = original
 
 
-
 @dataclass(frozen=True)
 class Rollout:
     """One step's samples, scored once before any update: the PPO epochs take their ratios and
