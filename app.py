@@ -1,7 +1,10 @@
 """Entry point: page config, the sign-in gate, and the navigation. No business logic here."""
 import streamlit as st
 
+from cli import job_kinds
 from pages.common import signed_in_user
+
+job_kinds.install()  # what the pages' jobs are and which module runs each
 
 st.set_page_config(page_title="Preference data", page_icon="⚖️", layout="wide")
 

@@ -30,10 +30,10 @@ import sys
 from pathlib import Path
 
 _BENCH_DIR = Path(__file__).resolve().parent
-# This file shares its name with the stdlib's `queue` (which concurrent.futures imports), and Python
-# puts a script's own directory first on the path: take bench/ off it, put the repo root on.
+# Python puts a script's own directory first on the path, where a module in bench/ could shadow
+# the standard library: take bench/ off it, put the repo root on.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH_DIR]
-sys.path.insert(0, str(_BENCH_DIR.parent))  # repo root, for `db`, `feedback`, `tests`
+sys.path.insert(0, str(_BENCH_DIR.parent))  # repo root, for `db`, `feedback`, `testkit`
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -57,8 +57,8 @@ from db.engine import make_engine, session_scope  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
 from db.models import Label, User  # noqa: E402
 from feedback import queue  # noqa: E402
-from tests.local_servers import PG_BIN_DIRS, new_database, throwaway_cluster  # noqa: E402
-from tests.test_queue import make_items, make_users, set_queue  # noqa: E402
+from testkit.factories import make_items, make_users, set_queue  # noqa: E402
+from testkit.local_servers import PG_BIN_DIRS, new_database, throwaway_cluster  # noqa: E402
 
 GOAL_P95_MS = 50.0  # at 20 annotators, on SQLite
 

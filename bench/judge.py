@@ -2,7 +2,7 @@
 agreement proxy.
 
 1. Throughput vs the bound. A fresh SQLite database with N synthetic pairs, the local Anthropic
-   stub (tests/anthropic_stub.py) answering after a fixed latency L, and the real anthropic
+   stub (testkit/anthropic_stub.py) answering after a fixed latency L, and the real anthropic
    backend (the official SDK) pointed at it. `run_judging` with concurrency C: every pair is two
    sequential requests (both orders) on one worker, so the bound is labels/s = C / (2 * L).
    Goal: measured / bound >= 0.8.
@@ -23,8 +23,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Not the script's own folder (bench/queue.py would shadow the standard library's `queue`), but
-# the repo root, for `db`, `feedback`, `judges` and `tests`.
+# Not the script's own folder (a module in bench/ could shadow the standard library), but the
+# repo root, for `db`, `feedback`, `judges`, `bench` and `testkit`.
 _BENCH_DIR = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH_DIR]
 sys.path.insert(0, str(_BENCH_DIR.parent))
@@ -40,16 +40,17 @@ from typing import Any
 import torch
 from sqlalchemy import Engine, select
 
+from bench.machine import load_line, machine_line  # noqa: E402
 from db.engine import make_engine, session_scope
 from db.migrate import upgrade
 from db.models import Item, Judgment, Label, Prompt
 from feedback import jobs
+from feedback.actors import CLI, Actor
 from feedback.policies import ensure_base_policy
 from judges.backends.base import JudgeReply, JudgeRequest
 from judges.batch import JudgeConfig, run_judging
 from judges.constitutions import DEFAULT_PRINCIPLES, ensure_shipped, save_constitution
-from bench.machine import load_line, machine_line  # noqa: E402
-from tests.test_judge_e2e import seed_short_long_pairs  # noqa: E402
+from testkit.factories import seed_short_long_pairs  # noqa: E402
 
 HELPFUL = "bench-helpful"  # a one-principle constitution: DEFAULT_PRINCIPLES[0]
 
@@ -75,12 +76,12 @@ def fresh_engine(workdir: Path, name: str) -> Engine:
 
 
 def seed_synthetic_pairs(engine: Engine, count: int) -> None:
-    seed_short_long_pairs(engine, count, actor="bench")
+    seed_short_long_pairs(engine, count, actor=Actor.process("bench"))
 
 
 def judge_job(engine: Engine, config: JudgeConfig) -> int:
     with session_scope(engine) as s:
-        return jobs.create_job(session=s, kind="judge", config=asdict(config), actor="bench").id
+        return jobs.create_job(session=s, kind="judge", config=asdict(config), actor=Actor.process("bench")).id
 
 
 def table(headers: list[str], rows: list[list[Any]], align: str | None = None) -> str:
@@ -99,9 +100,9 @@ def fmt(x: float | None, spec: str = ".3f") -> str:
 
 
 def bench_throughput(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
-    import tests.anthropic_stub as stub_module
+    import testkit.anthropic_stub as stub_module
     from judges.backends import get_backend
-    from tests.anthropic_stub import AnthropicStub, prefer_shorter
+    from testkit.anthropic_stub import AnthropicStub, prefer_shorter
 
     say(f"\n## 1. Throughput vs the bound (anthropic backend -> local stub, latency {args.latency:g} s)")
     # The stub's handler (http.server) writes the headers and the body as two small TCP segments
@@ -237,10 +238,10 @@ def bench_agreement(args: argparse.Namespace, workdir: Path, local) -> dict[str,
         "(a grader, not humans: there are no human labels on this machine)")
     engine = fresh_engine(workdir, "agreement")
     with session_scope(engine) as s:
-        ensure_base_policy(session=s, actor="bench")
+        ensure_base_policy(session=s, actor=Actor.process("bench"))
         ensure_shipped(session=s)
-        save_constitution(session=s, name=HELPFUL, principles=[DEFAULT_PRINCIPLES[0]])
-        import_prompts(session=s, path=DEMO_PROMPTS, source="demo")
+        save_constitution(session=s, name=HELPFUL, principles=[DEFAULT_PRINCIPLES[0]], actor=CLI)
+        import_prompts(session=s, path=DEMO_PROMPTS, source="demo", actor=CLI)
         n_math = len([p for p in s.scalars(select(Prompt)) if "math" in (p.tags or [])])
     say(f"  {n_math} math prompts (train + val); sampling {args.rounds} round(s) x n={args.n_per_prompt}, "
         f"temperature 1.0, top_p 0.95, max_new_tokens {args.max_new_tokens}")
@@ -262,12 +263,13 @@ def bench_agreement(args: argparse.Namespace, workdir: Path, local) -> dict[str,
     t0 = time.perf_counter()
     run_judging(engine=engine, config=config, job_id=job_id, backend=counting)
     judging_s = time.perf_counter() - t0
-    grading = run_grading(engine=engine, spec="numeric", actor="bench")
+    grading = run_grading(engine=engine, spec="numeric", actor=Actor.process("bench"))
 
     with session_scope(engine, read_only=True) as s:
         judged = {j.item_id: j for j in s.scalars(select(Judgment).where(Judgment.job_id == job_id))}
         graded = dict(s.execute(select(Label.item_id, Label.choice).where(Label.source == "grader")).all())
-        items = {i.id: (i.response_a.text, i.response_b.text) for i in s.scalars(select(Item).where(Item.kind == "pair"))}
+        items = {i.id: (i.response_a.text, i.response_b.text)
+                 for i in s.scalars(select(Item).where(Item.kind == "pair"))}
         orders = [o for j in judged.values() for o in (j.raw or {}).get("orders", [])]
     engine.dispose()
 
@@ -276,11 +278,11 @@ def bench_agreement(args: argparse.Namespace, workdir: Path, local) -> dict[str,
     decisive = [i for i in pairs if graded.get(i) in ("a", "b") and i in judge_out]
     g = [graded[i] for i in decisive]
     j = [judge_out[i] for i in decisive]
-    agree = sum(x == y for x, y in zip(g, j))
+    agree = sum(x == y for x, y in zip(g, j, strict=True))
     cats = ["a", "b", "tie", "inconsistent", "failed"]
     kappa = float(cohen_kappa_score(g, j, labels=cats)) if decisive and len(set(g) | set(j)) > 1 else None
-    both = [(x, y) for x, y in zip(g, j) if y in ("a", "b")]
-    kappa_both = (float(cohen_kappa_score(*zip(*both), labels=["a", "b"]))
+    both = [(x, y) for x, y in zip(g, j, strict=True) if y in ("a", "b")]
+    kappa_both = (float(cohen_kappa_score(*zip(*both, strict=True), labels=["a", "b"]))
                   if len(both) > 1 and len({x for x, _ in both} | {y for _, y in both}) > 1 else None)
     non_failed = [o for o in judge_out.values() if o != "failed"]
     flips = sum(o == "inconsistent" for o in non_failed)
@@ -290,7 +292,7 @@ def bench_agreement(args: argparse.Namespace, workdir: Path, local) -> dict[str,
     ties_per_order = sum(o.get("verdict") == "tie" for o in orders)
     # Trivial baselines on the same grader-decisive pairs, for scale.
     shorter = [("a" if len(items[i][0]) < len(items[i][1]) else "b") for i in decisive]
-    shorter_agree = sum(x == y for x, y in zip(g, shorter))
+    shorter_agree = sum(x == y for x, y in zip(g, shorter, strict=True))
 
     res = {
         "prompts": n_math, "rounds": args.rounds, "responses": sampled["responses"], "pairs": len(pairs),
@@ -353,6 +355,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    from cli import job_kinds
+
+    job_kinds.install()  # as every entry point does: the table of job kinds lives in cli/
     if args.threads:
         torch.set_num_threads(args.threads)
     started = dt.datetime.now().astimezone()

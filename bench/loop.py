@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench.machine import load_line, machine_line
+from feedback.actors import CLI, Actor
 
 DATA_DIR = _BENCH_DIR / "data"
 ARITH_INSTRUCTION = "Reply with only the number."
@@ -225,7 +226,7 @@ class HeldOut:
             "examples": texts[:3], "texts": texts,
         }
         if self.task == "grader":
-            scores = [self.grader.grade(t, ref) for t, ref in zip(texts, self.references)]
+            scores = [self.grader.grade(t, ref) for t, ref in zip(texts, self.references, strict=True)]
             row["accuracy"] = sum(s >= 0.5 for s in scores) / len(scores)
         t1 = time.perf_counter()
         if self.base is None:
@@ -243,7 +244,7 @@ class HeldOut:
 
         judgments = [judge_pair(backend=self.judge, messages=m, text_a=a, text_b=b, principles=self.principles,
                                 key=f"heldout{k}")
-                     for k, (m, a, b) in enumerate(zip(self.messages, texts, base_texts))]
+                     for k, (m, a, b) in enumerate(zip(self.messages, texts, base_texts, strict=True))]
         outcomes = [j.outcome for j in judgments]
         # Diagnostic only (not the product's verdict): the local judge's P("1") when the policy's answer is
         # shown first minus P("1") when the base's is, i.e. its preference with the position bias removed.
@@ -253,7 +254,7 @@ class HeldOut:
         return {"win_rate": sum(scores) / len(scores), "win_rate_ci95": [low, high],
                 "wins": outcomes.count("a"), "losses": outcomes.count("b"), "ties": outcomes.count("tie"),
                 "inconsistent": len(outcomes) - outcomes.count("a") - outcomes.count("b") - outcomes.count("tie"),
-                "identical": sum(a.strip() == b.strip() for a, b in zip(texts, base_texts)),
+                "identical": sum(a.strip() == b.strip() for a, b in zip(texts, base_texts, strict=True)),
                 "p_first_mean": _mean_p_first(judgments),
                 "debiased_win_rate": (sum((d > 0) + 0.5 * (d == 0) for d in debiased) / len(debiased)
                                       if debiased else None)}
@@ -321,9 +322,9 @@ def run_task(task: str, rows: list[dict[str, Any]], args: argparse.Namespace, wo
     engine = make_engine(url)
     with session_scope(engine) as s:
         ensure_shipped(session=s)
-        ensure_base_policy(session=s, actor="bench")
+        ensure_base_policy(session=s, actor=Actor.process("bench"))
         report = import_prompt_rows(session=s, rows=((f"row {i}", r) for i, r in enumerate(rows)),
-                                    source="bench-loop")
+                                    source="bench-loop", actor=CLI)
     n_train = sum(r["split"] == "train" for r in rows)
     say(f"  database {url}: {report.inserted} prompts ({n_train} train, {len(rows) - n_train} val)")
 
@@ -340,8 +341,9 @@ def run_task(task: str, rows: list[dict[str, Any]], args: argparse.Namespace, wo
     base = heldout.measure("v0")
     base.update(round=0, pairs=None, minutes=(time.perf_counter() - t_task) / 60)
     measured.append(base)
-    say(f"  base v0 on {base['n']} val prompts" + (f" (val prompts {skip + 1}.. by id; 1..{skip} are the gate's)"
-                                                    if skip else "") + ": " + describe(task, base) + f"  [{base['gen_s']:.0f} s]")
+    say(f"  base v0 on {base['n']} val prompts"
+        + (f" (val prompts {skip + 1}.. by id; 1..{skip} are the gate's)" if skip else "")
+        + ": " + describe(task, base) + f"  [{base['gen_s']:.0f} s]")
     say(f"  base examples: {base['examples']}")
     say(f"  base measurement: {time.perf_counter() - t0:.0f} s")
 
@@ -368,7 +370,7 @@ def run_task(task: str, rows: list[dict[str, Any]], args: argparse.Namespace, wo
         marks[done] = time.perf_counter()  # the next round starts after the measurement
 
     with session_scope(engine) as s:
-        job_id = jobs.create_job(session=s, kind="loop", config=asdict(config), actor="bench").id
+        job_id = jobs.create_job(session=s, kind="loop", config=asdict(config), actor=Actor.process("bench")).id
     done_job = jobs.run_job(engine=engine, job_id=job_id, listener=listener)
     if done_job.status != "succeeded":
         raise SystemExit(f"loop job {job_id} {done_job.status}: {done_job.error}")
@@ -467,9 +469,9 @@ def render(result: dict[str, Any]) -> str:
                    "gate acc (cand/parent)",
                    "gate win", "sample+label s", "train job s (trainer s)", "min elapsed"]
     else:
-        headers = ["round", "candidate", "active", "pairs", "mean tokens", "mean words", "truncated", "win rate vs base [95% CI]",
-                   "W/L/T/I", "debiased win (diag.)", "gate win", "sample+label s", "train job s (trainer s)",
-                   "min elapsed"]
+        headers = ["round", "candidate", "active", "pairs", "mean tokens", "mean words", "truncated",
+                   "win rate vs base [95% CI]", "W/L/T/I", "debiased win (diag.)", "gate win", "sample+label s",
+                   "train job s (trainer s)", "min elapsed"]
     body = []
     base = rows[0]
     for m in rows:
@@ -540,6 +542,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from cli import job_kinds
+
+    job_kinds.install()  # as every entry point does: the table of job kinds lives in cli/
     args = make_parser().parse_args(argv)
     import torch
 

@@ -38,8 +38,8 @@ from collections.abc import Callable
 
 import torch
 
-from feedback.policy.base import Messages, SamplingParams
 from bench.machine import load_line, machine_line  # noqa: E402
+from feedback.policy.base import Messages, SamplingParams
 
 # Varied on purpose: one-liners next to long multi-paragraph prompts, so batches need padding
 # and the length sort in the client has something to do.

@@ -7,7 +7,7 @@ value is then a one-line migration on both SQLite and Postgres.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -56,7 +56,7 @@ JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interr
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator):
@@ -69,12 +69,12 @@ class UTCDateTime(TypeDecorator):
     def process_bind_param(self, value, dialect):
         if value is not None and value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column; use db.models.utcnow()")
-        return value.astimezone(timezone.utc) if value is not None else None
+        return value.astimezone(UTC) if value is not None else None
 
     def process_result_value(self, value, dialect):
         if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc) if value is not None else None
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC) if value is not None else None
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:

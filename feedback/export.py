@@ -44,7 +44,8 @@ def _labels(session: Session, kind: str, sources: Sequence[str], snapshot_id: in
     by_item: dict[int, list[Label]] = defaultdict(list)
     query = select(Label).where(Label.kind == kind, Label.source.in_(sources)).order_by(Label.id)
     if snapshot_id is not None:  # only the labels frozen into that snapshot
-        query = query.join(SnapshotLabel, SnapshotLabel.label_id == Label.id).where(SnapshotLabel.snapshot_id == snapshot_id)
+        query = (query.join(SnapshotLabel, SnapshotLabel.label_id == Label.id)
+                 .where(SnapshotLabel.snapshot_id == snapshot_id))
     for label in session.scalars(query):
         by_item[label.item_id].append(label)
     return by_item
@@ -107,7 +108,8 @@ def export_rows(*, session: Session, fmt: str, sources: Sequence[str] = LABEL_SO
         raise UserError(f"Unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     unknown = set(sources) - set(LABEL_SOURCES)
     if unknown:
-        raise UserError(f"Unknown label source(s) {', '.join(sorted(unknown))}; choose from {', '.join(LABEL_SOURCES)}.")
+        raise UserError(f"Unknown label source(s) {', '.join(sorted(unknown))}; "
+                        f"choose from {', '.join(LABEL_SOURCES)}.")
     if fmt == "kto":
         return kto_rows(session=session, sources=sources)
     return preference_rows(session=session, sources=sources, with_margin=fmt == "reward")

@@ -10,60 +10,78 @@ import os
 import threading
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from pydantic import SecretStr
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from db.engine import session_scope
 from db.models import Job, utcnow
-from feedback import audit
+from feedback.actors import Actor
 from feedback.errors import UserError
 from feedback.launchers import get_launcher
-from feedback.settings import PROJECT_ROOT
+from feedback.registry import Registry
+from feedback.settings import PROJECT_ROOT, Settings
 
 HEARTBEAT_EVERY_S = 5.0
 STALE_AFTER = timedelta(seconds=60)
 LOG_TAIL_CHARS = 4000
 ACTIVE = ("queued", "running")
-# Secrets a worker of that kind does not need are removed from its environment.
-SECRET_ENV_VARS = ("ANTHROPIC_API_KEY", "JUDGE_API_KEY")
 
 
 class Cancelled(Exception):
     """Raised inside a job when someone asked it to stop."""
 
 
-# kind -> runner(engine=..., job=..., reporter=...) -> result dict. Modules register themselves
-# (feedback.sampling registers "sample"), so the worker never needs to know them all.
-RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {}
-RUNNER_MODULES = {"sample": "feedback.sampling", "judge": "judges.batch", "grade": "judges.grading",
-                  "train": "training.rounds", "loop": "training.loop"}
+@dataclass(frozen=True)
+class JobKind:
+    """What a kind of job is: how a worker runs it, what its config looks like, which secrets
+    its worker may see."""
+
+    runner: Callable[..., dict[str, Any]]  # runner(engine=..., job=..., reporter=...) -> result dict
+    config: type  # a dataclass: create_job builds it from the row's config, so a bad one is refused at once
+    secrets: tuple[str, ...] = ()  # environment variables of secrets the worker needs (POLICY_API_KEY, ...)
 
 
-def register(kind: str):
-    def deco(fn):
-        RUNNERS[kind] = fn
-        return fn
-    return deco
+# Filled by the composition root (cli/job_kinds.py), the one place that knows every package:
+# the core does not import judges/ or training/ to learn their kinds.
+JOB_KINDS: Registry[JobKind] = Registry("job kind")
 
 
-def create_job(*, session: Session, kind: str, config: dict[str, Any], created_by_id: int | None = None,
-               actor: str = "cli") -> Job:
-    if kind not in RUNNER_MODULES and kind not in RUNNERS:
-        raise UserError(f"Unknown job kind {kind!r}.")
-    job = Job(kind=kind, config=config, created_by_id=created_by_id, status="queued")
+def secret_env_vars() -> set[str]:
+    """Every secret setting's environment variable (the SecretStr fields of Settings)."""
+    return {name.upper() for name, info in Settings.model_fields.items()
+            if info.annotation is SecretStr or SecretStr in get_args(info.annotation)}
+
+
+def create_job(*, session: Session, kind: str, config: dict[str, Any], actor: Actor) -> Job:
+    """Queue a job (admins only, or a trusted process); its config is checked against its kind now."""
+    actor.require("admin")
+    check_config(kind, config)
+    job = Job(kind=kind, config=config, created_by_id=actor.user_id, status="queued")
     session.add(job)
     session.flush()
-    audit.record(session=session, actor=actor, action="job.create", target=f"job:{job.id}",
-                 user_id=created_by_id, details={"kind": kind})
+    actor.record(session=session, action="job.create", target=f"job:{job.id}", details={"kind": kind})
     return job
 
 
-def request_cancel(*, session: Session, job_id: int, actor: str = "cli") -> bool:
+def check_config(kind: str, config: dict[str, Any]) -> Any:
+    """The job's config as its kind's dataclass; a UserError when it is not one."""
+    config_cls = JOB_KINDS.get(kind).config
+    known = {f.name for f in fields(config_cls)}
+    unknown = set(config) - known
+    if unknown:
+        raise UserError(f"Unknown {kind} job setting(s): {', '.join(sorted(unknown))}.")
+    return config_cls(**config)
+
+
+def request_cancel(*, session: Session, job_id: int, actor: Actor) -> bool:
     """Ask a job to stop; a queued job is cancelled at once. False if it had already ended."""
+    actor.require("admin")
     job = session.get(Job, job_id)
     if job is None:
         raise UserError(f"No job {job_id}.")
@@ -72,7 +90,7 @@ def request_cancel(*, session: Session, job_id: int, actor: str = "cli") -> bool
     job.cancel_requested = True
     if job.status == "queued":
         job.status, job.finished_at = "cancelled", utcnow()
-    audit.record(session=session, actor=actor, action="job.cancel", target=f"job:{job_id}")
+    actor.record(session=session, action="job.cancel", target=f"job:{job_id}")
     return True
 
 
@@ -94,13 +112,14 @@ def list_jobs(*, session: Session, limit: int = 50, kind: str | None = None) -> 
     return list(session.scalars(query))
 
 
+def latest_job(*, session: Session, kind: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.kind == kind).order_by(Job.id.desc()).limit(1))
+
+
 def child_env(kind: str) -> dict[str, str]:
-    """The worker's environment: ours, minus secrets its kind does not use."""
-    # Training rounds may run the evaluation gate with an AI judge, so they keep the judge keys too.
-    keep = {"judge": {"ANTHROPIC_API_KEY", "JUDGE_API_KEY"},
-            "train": {"ANTHROPIC_API_KEY", "JUDGE_API_KEY"},
-            "loop": {"ANTHROPIC_API_KEY", "JUDGE_API_KEY"}}.get(kind, set())
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV_VARS or k in keep}
+    """The worker's environment: ours, minus every secret its kind does not declare."""
+    drop = secret_env_vars() - set(JOB_KINDS.get(kind).secrets)
+    env = {k: v for k, v in os.environ.items() if k.upper() not in drop}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     return env
 
@@ -179,13 +198,11 @@ def run_job(*, engine: Engine, job_id: int, listener: Callable[[int, int | None]
             raise UserError(f"Job {job_id} is {job.status}, not queued.")
     with session_scope(engine, read_only=True) as s:
         job = s.get(Job, job_id)
-    if job.kind not in RUNNERS:
-        __import__(RUNNER_MODULES[job.kind])
     reporter = Reporter(engine, job_id, listener)
     reporter._beat.start()
     status, result, error = "succeeded", None, None
     try:
-        result = RUNNERS[job.kind](engine=engine, job=job, reporter=reporter)
+        result = JOB_KINDS.get(job.kind).runner(engine=engine, job=job, reporter=reporter)
     except Cancelled:
         status = "cancelled"
     except Exception as exc:  # a crashed job is recorded, never left "running"
@@ -201,8 +218,9 @@ def run_job(*, engine: Engine, job_id: int, listener: Callable[[int, int | None]
     return job
 
 
-def resume(*, session: Session, job_id: int, actor: str = "cli") -> Job:
+def resume(*, session: Session, job_id: int, actor: Actor) -> Job:
     """Queue an interrupted or failed job again; its runner skips the work it already stored."""
+    actor.require("admin")
     mark_stale(session=session)
     job = session.get(Job, job_id)
     if job is None:
@@ -210,5 +228,5 @@ def resume(*, session: Session, job_id: int, actor: str = "cli") -> Job:
     if job.status not in ("interrupted", "failed"):
         raise UserError(f"Job {job_id} is {job.status}; only interrupted or failed jobs can be resumed.")
     job.status, job.cancel_requested, job.error, job.finished_at, job.pid = "queued", False, None, None, None
-    audit.record(session=session, actor=actor, action="job.resume", target=f"job:{job_id}")
+    actor.record(session=session, action="job.resume", target=f"job:{job_id}")
     return job

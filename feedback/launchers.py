@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from feedback.errors import UserError
+from feedback.registry import Registry
 from feedback.settings import PROJECT_ROOT, get_settings
 
 DEFAULT_LAUNCHER = "local"
@@ -52,32 +53,23 @@ class Launcher(Protocol):
         ...
 
 
-# name -> zero-argument factory (usually the class). A plain registry, like the job runners.
-LAUNCHERS: dict[str, Callable[[], Launcher]] = {}
-
-
-def register_launcher(name: str):
-    def deco(factory):
-        LAUNCHERS[name] = factory
-        if isinstance(factory, type):
-            factory.name = name
-        return factory
-    return deco
+# name -> zero-argument factory (usually the class), the classes below by default.
+LAUNCHERS: Registry[Callable[[], Launcher]] = Registry("launcher", lazy={
+    "local": "feedback.launchers:LocalProcessLauncher",
+    "ray": "feedback.launchers:RayJobsLauncher",
+})
 
 
 def get_launcher(name: str | None = None) -> Launcher:
     """The launcher `name`, or the one JOB_LAUNCHER names (read now, so tests can set it)."""
     name = (name or get_settings().job_launcher or DEFAULT_LAUNCHER).strip().lower()
-    if name not in LAUNCHERS:
-        raise UserError(f"Unknown JOB_LAUNCHER {name!r} (known: {', '.join(sorted(LAUNCHERS))}).")
-    return LAUNCHERS[name]()
+    return LAUNCHERS.get(name)()
 
 
 def worker_argv(job_id: int, python: str | None = None) -> list[str]:
     return [python or sys.executable, "-m", "feedback", "jobs", "work", str(job_id)]
 
 
-@register_launcher("local")
 class LocalProcessLauncher:
     """A worker process on this machine that outlives the caller (page rerun, app restart)."""
 
@@ -103,7 +95,6 @@ def ray_env_vars(env: dict[str, str], database_url: str) -> dict[str, str]:
     return kept
 
 
-@register_launcher("ray")
 class RayJobsLauncher:
     """Submit the worker as a Ray job (JobSubmissionClient). Returns the submission id; the
     worker's output is in Ray's job logs (`ray job logs ID --address ...`), not in log_path."""
@@ -118,7 +109,7 @@ class RayJobsLauncher:
         try:
             from ray.job_submission import JobSubmissionClient
         except ImportError as exc:  # ray is optional until someone picks this launcher
-            raise UserError("JOB_LAUNCHER=ray needs Ray: pip install 'ray[default]'.") from exc
+            raise UserError("JOB_LAUNCHER=ray needs Ray: .venv/bin/pip install -r requirements-ray.txt") from exc
         return JobSubmissionClient(self.resolved_address())
 
     def resolved_address(self) -> str:

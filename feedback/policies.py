@@ -5,12 +5,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import PolicyVersion
-from feedback import audit
+from feedback.actors import Actor
 from feedback.errors import UserError
 from feedback.settings import Settings, get_settings
 
 
-def ensure_base_policy(*, session: Session, settings: Settings | None = None, actor: str = "cli") -> PolicyVersion:
+def ensure_base_policy(*, session: Session, actor: Actor, settings: Settings | None = None) -> PolicyVersion:
     """v0 is the configured base model; created (and made active) on first use."""
     settings = settings or get_settings()
     existing = session.scalar(select(PolicyVersion).where(PolicyVersion.name == "v0"))
@@ -23,7 +23,7 @@ def ensure_base_policy(*, session: Session, settings: Settings | None = None, ac
     )
     session.add(version)
     session.flush()
-    audit.record(session=session, actor=actor, action="policy.create", target=f"policy:{version.id}",
+    actor.record(session=session, action="policy.create", target=f"policy:{version.id}",
                  details={"name": "v0", "base_model": settings.policy_model})
     return version
 
@@ -53,16 +53,11 @@ def next_version_name(*, session: Session) -> str:
     return f"v{max(numbers, default=-1) + 1}"
 
 
-def promote(*, session: Session, name: str, user=None, actor: str = "cli") -> PolicyVersion:
+def promote(*, session: Session, name: str, actor: Actor) -> PolicyVersion:
     """Make `name` the active policy (sampling uses it from now on); the old one is retired.
-    Rolling back is promoting an earlier version. Deploying to a server is the caller's step
-    before this one (training/deploy.py), so a failed deploy changes nothing."""
-    from db.models import User  # noqa: F401 - the type of `user`
-    from feedback.users import require_role
-
-    if user is not None:
-        require_role(user, "admin")
-        actor = f"app:{user.username}"
+    Rolling back is promoting an earlier version. Most callers want feedback.release.release_policy,
+    which deploys to the server first (so a failed deploy changes nothing) and samples afterwards."""
+    actor.require("admin")
     target = policy_by_name(session=session, name=name)
     current = session.scalar(select(PolicyVersion).where(PolicyVersion.status == "active"))
     if current is not None and current.id == target.id:
@@ -71,6 +66,6 @@ def promote(*, session: Session, name: str, user=None, actor: str = "cli") -> Po
         current.status = "retired"
         session.flush()  # free the one-active slot before taking it
     target.status = "active"
-    audit.record(session=session, actor=actor, user_id=user.id if user else None, action="policy.promote",
-                 target=f"policy:{target.id}", details={"name": name, "previous": current.name if current else None})
+    actor.record(session=session, action="policy.promote", target=f"policy:{target.id}",
+                 details={"name": name, "previous": current.name if current else None})
     return target

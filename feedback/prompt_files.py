@@ -146,7 +146,7 @@ def _read_csv(path: Path, *, max_rows: int) -> Iterator[tuple[int, dict | Except
             yield start, RowInvalid(f"{len(cells)} cells but the header has {len(header)} columns")
             continue
         try:
-            yield start, _csv_row(dict(zip(header, cells)))
+            yield start, _csv_row(dict(zip(header, cells, strict=False)))
         except RowInvalid as e:
             yield start, e
 

@@ -17,7 +17,7 @@ The error rule:
   a CSV without a prompt/messages column, an unreadable parquet file) raise UserError.
 
 Inserts go through the caller's session and are flushed, never committed here: the caller's
-transaction decides, and the caller writes the audit log entry.
+transaction decides. A committed import writes its audit log entry (who, what, counts) itself.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from db.models import SPLITS, Prompt
+from feedback.actors import Actor
 from feedback.errors import UserError
 from feedback.prompt_files import RowInvalid, format_of, read_rows, type_name
 from feedback.settings import Settings, get_settings
@@ -219,13 +220,16 @@ def _parse_tags(value: Any) -> list[str]:
 def import_prompts(
     *,
     session: Session,
+    actor: Actor,
     path: Path,
     source: str | None = None,
     on_error: OnError = "abort",
     val_fraction: float = 0.1,
     settings: Settings | None = None,
+    what: str | None = None,
 ) -> ImportReport:
     """Import the prompts in `path` (see the module docstring for formats and the error rule).
+    `what` names the input in the audit log (default: the path).
 
     `source` (default: the file name) is stored on rows that do not name their own.
     """
@@ -235,6 +239,8 @@ def import_prompts(
     word = "row" if format_of(path) in ("parquet", "dataset") else "line"
     return import_prompt_rows(
         session=session,
+        actor=actor,
+        what=what or str(path),
         rows=((f"{word} {n}", row) for n, row in rows),
         source=path.name if source is None else source,
         on_error=on_error,
@@ -246,6 +252,7 @@ def import_prompts(
 def import_prompt_file_bytes(
     *,
     session: Session,
+    actor: Actor,
     data: bytes,
     filename: str,
     source: str | None = None,
@@ -271,6 +278,8 @@ def import_prompt_file_bytes(
         path.write_bytes(data)
         return import_prompts(
             session=session,
+            actor=actor,
+            what=f"upload:{name}",
             path=path,
             source=name if source is None else source,
             on_error=on_error,
@@ -282,17 +291,21 @@ def import_prompt_file_bytes(
 def import_prompt_rows(
     *,
     session: Session,
+    actor: Actor,
     rows: Iterable[tuple[str, dict | Exception]],
     source: str = "",
     on_error: OnError = "abort",
     val_fraction: float = 0.1,
     settings: Settings | None = None,
+    what: str | None = None,
 ) -> ImportReport:
     """Import (where, raw row) pairs; an Exception in place of a row is a read error for it.
+    `what` names the input in the audit log (default: the source).
 
     Everything is read and checked before the first insert, which is what makes abort mode
     all-or-nothing. Rows are flushed into `session`, not committed.
     """
+    actor.require("admin")
     if on_error not in ("abort", "skip"):
         raise UserError(f"on_error must be 'abort' or 'skip', not {on_error!r}.")
     if not 0.0 <= val_fraction <= 1.0:
@@ -342,6 +355,8 @@ def import_prompt_rows(
     session.flush()
     report.inserted = len(new)
     report.committed = True
+    actor.record(session=session, action="prompts.import", target=(what or source or "rows")[:128],
+                 details={"inserted": report.inserted, "duplicates": report.duplicates, "errors": len(report.errors)})
     return report
 
 

@@ -35,10 +35,9 @@ from db.models import (
     User,
     utcnow,
 )
-from feedback import audit
+from feedback.actors import Actor, require_role
 from feedback.errors import UserError
 from feedback.tags import has_any_tag
-from feedback.users import require_role
 
 ANNOTATING_ROLES = ("annotator", "reviewer", "admin")
 PAIRWISE_PREFERENCES = ("left", "right", "tie", "both_bad")
@@ -68,10 +67,10 @@ def get_queue_settings(*, session: Session) -> QueueSettings:
     return settings
 
 
-def update_queue_settings(*, session: Session, user: User, overlap: int, lease_seconds: int,
+def update_queue_settings(*, session: Session, actor: Actor, overlap: int, lease_seconds: int,
                           prompt_tags: list[str], policy_version_ids: list[int], refill_below: int,
                           refill_prompts: int) -> QueueSettings:
-    require_role(user, "admin")
+    actor.require("admin")
     if overlap < 1 or lease_seconds < 10 or refill_below < 0 or refill_prompts < 1:
         raise UserError("overlap >= 1, lease >= 10 s, refill threshold >= 0 and refill size >= 1.")
     settings = get_queue_settings(session=session)
@@ -79,8 +78,8 @@ def update_queue_settings(*, session: Session, user: User, overlap: int, lease_s
     settings.prompt_tags = sorted({t.strip() for t in prompt_tags if t.strip()})
     settings.policy_version_ids = sorted(set(policy_version_ids))
     settings.refill_below, settings.refill_prompts = refill_below, refill_prompts
-    settings.updated_at, settings.updated_by_id = utcnow(), user.id
-    audit.record(session=session, actor=f"app:{user.username}", user_id=user.id, action="queue.settings",
+    settings.updated_at, settings.updated_by_id = utcnow(), actor.user_id
+    actor.record(session=session, action="queue.settings",
                  details={"overlap": overlap, "lease_seconds": lease_seconds, "prompt_tags": settings.prompt_tags,
                           "policy_version_ids": settings.policy_version_ids})
     return settings
@@ -110,7 +109,9 @@ def open_items_query(*, settings: QueueSettings, kind: str | None, now: datetime
             Item.response_a_id.in_(select(Response.id).where(Response.policy_version_id.in_(settings.policy_version_ids)))
         )
     if settings.prompt_tags:
-        query = query.where(Item.prompt_id.in_(select(Prompt.id).where(has_any_tag(Prompt.tags, settings.prompt_tags, dialect))))
+        query = query.where(
+            Item.prompt_id.in_(select(Prompt.id).where(has_any_tag(Prompt.tags, settings.prompt_tags, dialect)))
+        )
     return query
 
 
@@ -178,7 +179,8 @@ def claim_next(*, session: Session, user: User, kind: str, now: datetime | None 
         item_id = None
         for tier in tiers:
             query = (base if tier is None else base.where(tier)).order_by(Item.id).limit(1)
-            item_id = session.scalar(query.with_for_update(skip_locked=True, of=Item, key_share=True) if postgres else query)
+            item_id = session.scalar(query.with_for_update(skip_locked=True, of=Item, key_share=True)
+                                     if postgres else query)
             if item_id is None and postgres:
                 # SKIP LOCKED also hides items locked by claims in flight, which (overlap > 1) can
                 # still have a slot once those commit: wait for the lock rather than skip it.
@@ -207,7 +209,8 @@ def claim_next(*, session: Session, user: User, kind: str, now: datetime | None 
 
 def _assignment_for(session: Session, user: User, assignment_id: int) -> Assignment:
     # The item comes in the same query: the submit checks its kind (a hot path).
-    query = select(Assignment).options(joinedload(Assignment.item, innerjoin=True)).where(Assignment.id == assignment_id)
+    query = (select(Assignment).options(joinedload(Assignment.item, innerjoin=True))
+             .where(Assignment.id == assignment_id))
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(of=Assignment, key_share=True)
     assignment = session.scalar(query)
@@ -357,4 +360,4 @@ def recent_labels(*, session: Session, user: User, source: str | None = None, ki
         query = query.where(annotator.username == username)
     columns = ("id", "at", "kind", "source", "annotator", "producer", "item", "choice", "strength", "thumb",
                "score", "shown_order", "rationale", "prompt")
-    return [dict(zip(columns, row)) for row in session.execute(query)]
+    return [dict(zip(columns, row, strict=True)) for row in session.execute(query)]

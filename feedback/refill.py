@@ -10,11 +10,14 @@ from sqlalchemy.orm import Session
 from db.engine import session_scope
 from db.models import Job
 from feedback import jobs
+from feedback.actors import Actor
 from feedback.queue import get_queue_settings, open_item_count
 from feedback.sampling import SamplingConfig
 
 # Any fixed number: Postgres advisory lock that makes "check, then create a job" one step.
 _REFILL_LOCK = 727_001
+# Refills are started by whoever's page found the pool low; the refill itself acts for nobody.
+REFILL = Actor.process("refill")
 
 
 def refill_running(*, session: Session) -> bool:
@@ -33,12 +36,12 @@ def maybe_refill(*, engine: Engine, database_url: str) -> int | None:
         if refill_running(session=session) or open_item_count(session=session) >= settings.refill_below:
             return None
         config = SamplingConfig(limit=settings.refill_prompts, tags=list(settings.prompt_tags), items="both")
-        job = jobs.create_job(session=session, kind="sample", config=asdict(config), actor="refill")
+        job = jobs.create_job(session=session, kind="sample", config=asdict(config), actor=REFILL)
     jobs.start_detached(job=job, database_url=database_url)
     return job.id
 
 
-def sample_new_policy(*, engine: Engine, database_url: str, actor: str = "cli") -> int:
+def sample_new_policy(*, engine: Engine, database_url: str, actor: Actor) -> int:
     """Right after a promotion: sample the queue's usual number of prompts from the new active
     policy, so the annotation pages serve its responses next (on-policy items go first)."""
     with session_scope(engine) as session:

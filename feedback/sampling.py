@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from sqlalchemy import Engine, func, select
@@ -16,28 +16,31 @@ from sqlalchemy.orm import Session
 from db.engine import session_scope
 from db.models import Item, PolicyVersion, Prompt, Response
 from feedback import jobs
+from feedback.config_fields import cfg_field
 from feedback.errors import UserError
-from feedback.tags import has_any_tag
 from feedback.policies import active_policy, policy_by_name
 from feedback.policy import Completion, PolicyClient, SamplingParams, client_for
+from feedback.tags import has_any_tag
 
 ItemsMode = Literal["pair", "single", "both"]
 
 
 @dataclass
 class SamplingConfig:
-    limit: int = 16  # prompts to sample this run
-    n_per_prompt: int = 2  # samples per prompt (per version in versus mode)
-    policy_version: str | None = None  # a version name; None = the active one
-    versus_version: str | None = None  # pair each response with one from this version (vN vs vN-1)
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_new_tokens: int = 128
-    seed: int | None = None
-    split: str = "train"
-    tags: list[str] = field(default_factory=list)  # only prompts with at least one of these tags
-    items: ItemsMode = "pair"  # what to make from the responses
-    chunk_prompts: int = 8  # prompts per model call and per commit
+    limit: int = cfg_field(16, "How many prompts to sample this run (those this version answered least often first).")
+    n_per_prompt: int = cfg_field(2, "Samples per prompt (per version in versus mode).")
+    policy_version: str | None = cfg_field(None, "Policy version to sample (None: the active one).")
+    versus_version: str | None = cfg_field(
+        None, "Pair each response with one from this version (vN against vN-1).", flag="--versus")
+    temperature: float = cfg_field(0.8, "Sampling temperature (0: greedy).")
+    top_p: float = cfg_field(0.95, "Nucleus sampling: keep the most likely tokens up to this probability mass.")
+    max_new_tokens: int = cfg_field(128, "Longest response in tokens.")
+    seed: int | None = cfg_field(None, "Random seed (None: a fresh one); the same seed and batch reproduce.")
+    split: str = cfg_field("train", "Which prompts: the train split, or val (held out for the gate).",
+                           choices=("train", "val"))
+    tags: list[str] = cfg_field([], "Only prompts with at least one of these tags.", flag="--tag")
+    items: ItemsMode = cfg_field("pair", "What to make: pairs (A/B), singles (thumbs), or both.")
+    chunk_prompts: int = cfg_field(8, "Prompts per model call and per commit (a crash loses at most one chunk).")
 
     def __post_init__(self) -> None:
         if self.limit < 1:
@@ -162,7 +165,8 @@ def run_sampling(
         prompts = select_prompts(session=s, version_id=version.id, limit=config.limit,
                                  split=config.split, tags=config.tags)
     if not prompts:
-        raise UserError(f"No {config.split} prompts to sample{' with those tags' if config.tags else ''}; import some first.")
+        raise UserError(f"No {config.split} prompts to sample{' with those tags' if config.tags else ''}; "
+                        "import some first.")
     client = client_factory(version)
     versus_client = client_factory(versus) if versus else None
     # In versus mode both versions answer with the same settings; pairs cross the versions.
@@ -196,7 +200,6 @@ def run_sampling(
     return totals
 
 
-@jobs.register("sample")
 def run_sampling_job(*, engine: Engine, job, reporter: jobs.Reporter) -> dict[str, Any]:
     config = SamplingConfig(**job.config)
 
@@ -208,3 +211,7 @@ def run_sampling_job(*, engine: Engine, job, reporter: jobs.Reporter) -> dict[st
 
 def config_dict(config: SamplingConfig) -> dict[str, Any]:
     return asdict(config)
+
+
+# The policy server may need its key; no judge key reaches a sampling worker.
+SAMPLE_JOB = jobs.JobKind(runner=run_sampling_job, config=SamplingConfig, secrets=("POLICY_API_KEY",))

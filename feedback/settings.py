@@ -1,6 +1,6 @@
 """Settings from the environment, read at call time so tests (and the CLI) can override them.
 
-Every field is documented; `tests/test_settings.py` checks that the README lists each one.
+Every field is documented; `tests/test_layout.py` checks that the README lists each one.
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     )
     policy_api_key: SecretStr = Field(
         default=SecretStr("EMPTY"),
-        description="API key sent to the OpenAI-compatible policy server (vLLM accepts any unless started with --api-key).",
+        description="API key sent to the OpenAI-compatible policy server "
+                    "(vLLM accepts any unless started with --api-key).",
     )
     model_cache_dir: Path = Field(
         default=PROJECT_ROOT / ".cache" / "models",
@@ -59,14 +60,16 @@ class Settings(BaseSettings):
     )
     judge_model: str | None = Field(default=None, description="Model name the OpenAI-compatible judge server serves.")
     judge_api_key: SecretStr = Field(
-        default=SecretStr("EMPTY"), description="Key for the OpenAI-compatible judge server; a secret like ANTHROPIC_API_KEY."
+        default=SecretStr("EMPTY"),
+        description="Key for the OpenAI-compatible judge server; a secret like ANTHROPIC_API_KEY.",
     )
     job_launcher: str = Field(
         default="local", description="How job workers start: 'local' (a detached process) or 'ray' (Ray Jobs)."
     )
     ray_address: str = Field(default="http://127.0.0.1:8265", description="Ray dashboard address for JOB_LAUNCHER=ray.")
     ray_job_python: str | None = Field(
-        default=None, description="Python the Ray job runs (default: this interpreter; the cluster must share the venv)."
+        default=None,
+        description="Python the Ray job runs (default: this interpreter; the cluster must share the venv).",
     )
     import_max_bytes: int = Field(
         default=50 * 1024 * 1024, description="Largest prompt file accepted by an import, in bytes."

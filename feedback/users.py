@@ -11,8 +11,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from db.models import ROLES, SignInFailure, User, utcnow
-from feedback import audit
-from feedback.errors import PermissionDenied, UserError
+from feedback.actors import Actor
+from feedback.errors import UserError
 
 _hasher = PasswordHasher()
 # Failed sign-ins allowed per username in the window before sign-in is refused for the rest of it.
@@ -28,7 +28,8 @@ def generate_password() -> str:
     return secrets.token_urlsafe(12)
 
 
-def create_user(*, session: Session, username: str, role: str, password: str, actor: str = "cli") -> User:
+def create_user(*, session: Session, username: str, role: str, password: str, actor: Actor) -> User:
+    actor.require("admin")
     username = username.strip()
     if not USERNAME.fullmatch(username):
         raise UserError("A username is 1-64 letters, digits, '.', '_', '-' or '@' (an e-mail for single sign-on).")
@@ -41,7 +42,7 @@ def create_user(*, session: Session, username: str, role: str, password: str, ac
     user = User(username=username, role=role, password_hash=_hasher.hash(password))
     session.add(user)
     session.flush()
-    audit.record(session=session, actor=actor, action="user.create", target=f"user:{user.id}",
+    actor.record(session=session, action="user.create", target=f"user:{user.id}",
                  details={"username": username, "role": role})
     return user
 
@@ -60,21 +61,15 @@ def authenticate(*, session: Session, username: str, password: str) -> User | No
     return user
 
 
-def require_role(user: User | None, *roles: str) -> User:
-    """Raise PermissionDenied unless `user` is active and has one of `roles`."""
-    if user is None or not user.active or user.role not in roles:
-        raise PermissionDenied(f"This needs the role {' or '.join(roles)}.")
-    return user
-
-
-def set_password(*, session: Session, username: str, password: str, actor: str = "cli") -> User:
+def set_password(*, session: Session, username: str, password: str, actor: Actor) -> User:
+    actor.require("admin")
     if len(password) < MIN_PASSWORD_LENGTH:
         raise UserError(f"A password needs at least {MIN_PASSWORD_LENGTH} characters.")
     user = session.scalar(select(User).where(User.username == username))
     if user is None:
         raise UserError(f"No user {username!r}.")
     user.password_hash = _hasher.hash(password)
-    audit.record(session=session, actor=actor, action="user.set_password", target=f"user:{user.id}")
+    actor.record(session=session, action="user.set_password", target=f"user:{user.id}")
     return user
 
 
@@ -104,8 +99,8 @@ def sign_in(*, session: Session, username: str, password: str, now: datetime | N
     return user
 
 
-def list_users(*, session: Session, actor: User) -> list[User]:
-    require_role(actor, "admin")
+def list_users(*, session: Session, actor: Actor) -> list[User]:
+    actor.require("admin")
     return list(session.scalars(select(User).order_by(User.username)))
 
 
@@ -125,44 +120,42 @@ def _keep_an_admin(session: Session, target: User) -> None:
         raise UserError("This is the last active admin; make another admin first.")
 
 
-def set_active(*, session: Session, actor: User, user_id: int, active: bool) -> User:
-    require_role(actor, "admin")
+def set_active(*, session: Session, actor: Actor, user_id: int, active: bool) -> User:
+    actor.require("admin")
     target = _target(session, user_id)
     if not active:
         _keep_an_admin(session, target)
     target.active = active
-    audit.record(session=session, actor=f"app:{actor.username}", user_id=actor.id,
-                 action="user.activate" if active else "user.deactivate", target=f"user:{target.id}")
+    actor.record(session=session, action="user.activate" if active else "user.deactivate", target=f"user:{target.id}")
     return target
 
 
-def set_role(*, session: Session, actor: User, user_id: int, role: str) -> User:
-    require_role(actor, "admin")
+def set_role(*, session: Session, actor: Actor, user_id: int, role: str) -> User:
+    actor.require("admin")
     if role not in ROLES:
         raise UserError(f"Unknown role {role!r}; choose one of {', '.join(ROLES)}.")
     target = _target(session, user_id)
     if role != "admin":
         _keep_an_admin(session, target)
     old, target.role = target.role, role
-    audit.record(session=session, actor=f"app:{actor.username}", user_id=actor.id, action="user.role",
-                 target=f"user:{target.id}", details={"from": old, "to": role})
+    actor.record(session=session, action="user.role", target=f"user:{target.id}", details={"from": old, "to": role})
     return target
 
 
-def reset_password(*, session: Session, actor: User, user_id: int) -> str:
+def reset_password(*, session: Session, actor: Actor, user_id: int) -> str:
     """Set a generated password and return it (to show once); the old one stops working."""
-    require_role(actor, "admin")
+    actor.require("admin")
     target = _target(session, user_id)
     password = generate_password()
-    set_password(session=session, username=target.username, password=password, actor=f"app:{actor.username}")
+    set_password(session=session, username=target.username, password=password, actor=actor)
     return password
 
 
-def add_user(*, session: Session, actor: User, username: str, role: str) -> tuple[User, str]:
+def add_user(*, session: Session, actor: Actor, username: str, role: str) -> tuple[User, str]:
     """An admin creates an account; returns it with a generated password to show once."""
-    require_role(actor, "admin")
+    actor.require("admin")
     password = generate_password()
-    user = create_user(session=session, username=username, role=role, password=password, actor=f"app:{actor.username}")
+    user = create_user(session=session, username=username, role=role, password=password, actor=actor)
     return user, password
 
 

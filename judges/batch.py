@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from db.engine import session_scope
 from db.models import Constitution, Item, Job, Judgment, Label
 from feedback import jobs
+from feedback.config_fields import cfg_field
 from feedback.errors import UserError
 from judges.backends import get_backend
 from judges.constitutions import latest_constitution
@@ -33,17 +34,22 @@ BATCH_POLL_S = 5.0
 
 @dataclass
 class JudgeConfig:
-    constitution: str = "default"  # name; the latest version is used and recorded
-    backend: str = "local"  # anthropic | openai | local | any registered name
-    model: str | None = None  # None: the backend's default
-    mode: Mode = "sample"  # one principle per pair, or a verdict per principle ("all")
-    on_disagreement: Literal["escalate", "tie"] = "escalate"  # orders disagree: leave to humans, or label a tie
-    selection: Selection = "unlabelled"  # unlabelled pairs, pairs humans disagree on, or a human-labelled sample
-    max_items: int = 50
-    max_cost_usd: float | None = None
-    concurrency: int = 4
-    batch_api: bool = False  # the provider's asynchronous batch API (cheaper, slower)
-    seed: int = 0
+    constitution: str = cfg_field("default", "Constitution name; its latest version is used and recorded.")
+    backend: str = cfg_field("local", "Judge backend: anthropic, openai (any OpenAI-compatible server), local, "
+                                      "or any registered name.")
+    model: str | None = cfg_field(None, "The backend's model (None: its default).")
+    mode: Mode = cfg_field("sample", "One principle sampled per pair, or a verdict per principle combined (all).")
+    on_disagreement: Literal["escalate", "tie"] = cfg_field(
+        "escalate", "When the two orders disagree: leave the pair to humans, or label a tie.")
+    selection: Selection = cfg_field(
+        "unlabelled", "Unlabelled pairs, pairs humans disagree on, or a sample of human-labelled pairs "
+                      "(calibration).", flag="--select")
+    max_items: int = cfg_field(50, "Most pairs to judge.", flag="--limit")
+    max_cost_usd: float | None = cfg_field(None, "Stop taking new pairs past this many US dollars (None: no limit).",
+                                           flag="--max-cost")
+    concurrency: int = cfg_field(4, "Requests in flight at once.")
+    batch_api: bool = cfg_field(False, "The provider's asynchronous batch API (Anthropic: half price, slower).")
+    seed: int = cfg_field(0, "Seed for the principle drawn per pair and the calibration sample.")
 
     def __post_init__(self) -> None:
         if self.mode not in ("sample", "all"):
@@ -54,6 +60,11 @@ class JudgeConfig:
             raise UserError("selection is 'unlabelled', 'disputed' or 'calibration'.")
         if self.max_items < 1 or self.concurrency < 1:
             raise UserError("max_items and concurrency must be at least 1.")
+
+
+def recent_judgments(*, session: Session, limit: int = 100) -> list[Judgment]:
+    """The newest judgments first (the AI judge page's table)."""
+    return list(session.scalars(select(Judgment).order_by(Judgment.id.desc()).limit(limit)))
 
 
 def select_items(*, session: Session, config: JudgeConfig, constitution: Constitution, job_id: int,
@@ -105,9 +116,9 @@ def store(*, session: Session, job_id: int, item_id: int, result: PairJudgment, 
             provenance={"backend": config.backend, "model": model, "constitution": constitution.name,
                         "constitution_version": constitution.version, "template_version": TEMPLATE_VERSION,
                         "mode": config.mode, "principles": result.principles, "outcome": result.outcome,
-                        "verdict_ab": result.verdict_ab, "verdict_ba": result.verdict_ba, "orders": result.raw["orders"],
-                        "input_tokens": result.input_tokens, "output_tokens": result.output_tokens,
-                        "cost_usd": result.cost_usd},
+                        "verdict_ab": result.verdict_ab, "verdict_ba": result.verdict_ba,
+                        "orders": result.raw["orders"], "input_tokens": result.input_tokens,
+                        "output_tokens": result.output_tokens, "cost_usd": result.cost_usd},
         )
         session.add(label)
         session.flush()
@@ -188,7 +199,8 @@ def _judge_with_batch_api(engine, config, job_id, backend, constitution, model, 
     requests = {}
     for view, principles in plans:
         for principle, a_first, request in requests_for(messages=view["messages"], text_a=view["a"],
-                                                        text_b=view["b"], principles=principles, key=f"item{view['id']}"):
+                                                        text_b=view["b"], principles=principles,
+                                                        key=f"item{view['id']}"):
             requests[request.custom_id] = (view["id"], principle, a_first, request)
     if not requests:
         return
@@ -226,9 +238,11 @@ def _judge_with_batch_api(engine, config, job_id, backend, constitution, model, 
             reporter.progress(done, total)
 
 
-@jobs.register("judge")
 def run_judge_job(*, engine: Engine, job, reporter: jobs.Reporter) -> dict[str, Any]:
     return run_judging(engine=engine, config=JudgeConfig(**job.config), job_id=job.id, reporter=reporter)
+
+
+JUDGE_JOB = jobs.JobKind(runner=run_judge_job, config=JudgeConfig, secrets=("ANTHROPIC_API_KEY", "JUDGE_API_KEY"))
 
 
 def config_dict(config: JudgeConfig) -> dict[str, Any]:

@@ -61,7 +61,7 @@ def judge_report(*, session: Session) -> list[dict[str, Any]]:
         paired = [(humans[i], c) for i, c in labels if i in humans]
         agreement = kappa = None
         if paired:
-            h, j = zip(*paired)
+            h, j = zip(*paired, strict=True)
             agreement = float(np.mean([x == y for x, y in paired]))
             # kappa is undefined when both raters used one and the same category throughout
             kappa = float(cohen_kappa_score(h, j, labels=list(CHOICES))) if len(set(h) | set(j)) > 1 else None

@@ -8,10 +8,9 @@ import json
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import Constitution, User
-from feedback import audit
+from db.models import Constitution
+from feedback.actors import Actor
 from feedback.errors import UserError
-from feedback.users import require_role
 
 DEFAULT_NAME = "default"
 DEFAULT_PRINCIPLES = [
@@ -42,25 +41,28 @@ def _clean(principles: list[str]) -> list[str]:
     return cleaned
 
 
-def save_constitution(*, session: Session, name: str, principles: list[str], user: User | None = None) -> Constitution:
+# The shipped constitutions are written by the app itself, the first time anything needs them.
+SHIPPED = Actor.process("setup")
+
+
+def save_constitution(*, session: Session, name: str, principles: list[str], actor: Actor) -> Constitution:
     """The version holding exactly these principles: an existing one, or a new version."""
-    if user is not None:
-        require_role(user, "admin")
+    actor.require("admin")
     name = name.strip()
     if not name or len(name) > 64:
         raise UserError("A constitution name is 1-64 characters.")
     cleaned = _clean(principles)
     digest = principles_hash(cleaned)
-    existing = session.scalar(select(Constitution).where(Constitution.name == name, Constitution.content_hash == digest))
+    existing = session.scalar(select(Constitution).where(Constitution.name == name,
+                                                         Constitution.content_hash == digest))
     if existing is not None:
         return existing
     version = (session.scalar(select(func.max(Constitution.version)).where(Constitution.name == name)) or 0) + 1
     constitution = Constitution(name=name, version=version, principles=cleaned, content_hash=digest,
-                                created_by_id=user.id if user else None)
+                                created_by_id=actor.user_id)
     session.add(constitution)
     session.flush()
-    audit.record(session=session, actor=f"app:{user.username}" if user else "cli", user_id=user.id if user else None,
-                 action="constitution.save", target=f"constitution:{constitution.id}",
+    actor.record(session=session, action="constitution.save", target=f"constitution:{constitution.id}",
                  details={"name": name, "version": version})
     return constitution
 
@@ -83,4 +85,4 @@ def ensure_shipped(*, session: Session) -> None:
     """The default and concise constitutions exist (idempotent)."""
     for name, principles in ((DEFAULT_NAME, DEFAULT_PRINCIPLES), (CONCISE_NAME, CONCISE_PRINCIPLES)):
         if session.scalar(select(Constitution.id).where(Constitution.name == name)) is None:
-            save_constitution(session=session, name=name, principles=principles)
+            save_constitution(session=session, name=name, principles=principles, actor=SHIPPED)

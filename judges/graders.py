@@ -8,8 +8,8 @@ A grader is named by a spec string, for example
     python:/path/to/grader.py | python:/path/to/grader.py;timeout=2;memory_mb=256
     multi:0.7*numeric+0.3*similarity
 
-`parse_grader(spec)` builds one through the `GRADERS` registry; `register_grader(name)` adds to
-it, and plugins and test fakes go through that same path. A grader's `spec` is canonical
+`parse_grader(spec)` builds one through the `GRADERS` registry; `GRADERS.register(name, factory)` adds
+to it, and plugins and test fakes go through that same path. A grader's `spec` is canonical
 (defaults left out, paths absolute, formulas re-printed) because it becomes the label producer
 `grader:<spec>`: two spellings of one grader must not label the same item twice.
 
@@ -33,6 +33,7 @@ from functools import cache
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from feedback.errors import UserError
+from feedback.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -55,32 +56,23 @@ class Grader(Protocol):
 
 # name -> factory(arg) where arg is the text after "name:" ("" when there is none).
 GraderFactory = Callable[[str], Grader]
-GRADERS: dict[str, GraderFactory] = {}
-
-# Names are identifiers because multi formulas refer to graders by name.
-_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-def register_grader(name: str):
-    """Register `factory(arg: str) -> Grader` under `name` (a later registration replaces it)."""
-    if not _NAME_RE.match(name):
+def _check_identifier(name: str) -> None:
+    # Names are identifiers because multi formulas refer to graders by name.
+    if not name.isidentifier():
         raise ValueError(f"grader name {name!r} must be an identifier (multi formulas use it)")
 
-    def deco(factory: GraderFactory) -> GraderFactory:
-        GRADERS[name] = factory
-        return factory
 
-    return deco
+# "python" runs user code in a subprocess and lives in its own module, imported on first use.
+GRADERS: Registry[GraderFactory] = Registry("grader", check_name=_check_identifier,
+                                            lazy={"python": "judges.python_grader:make_python_grader"})
 
 
 def parse_grader(spec: str) -> Grader:
     """The grader a spec string names, e.g. 'numeric:tol=0.01'. Bad specs raise UserError."""
     name, _, arg = spec.partition(":")
-    name = name.strip()
-    factory = GRADERS.get(name)
-    if factory is None:
-        raise UserError(f"Unknown grader {name!r}; known graders: {', '.join(sorted(GRADERS))}.")
-    return factory(arg)
+    return GRADERS.get(name.strip())(arg)
 
 
 def _options(arg: str, allowed: dict[str, Callable[[str], Any]], grader: str) -> dict[str, Any]:
@@ -158,19 +150,19 @@ class RegexGrader:
         return float(self._compiled.search(answer) is not None)
 
 
-@register_grader("exact")
+@GRADERS.register("exact")
 def _exact(arg: str) -> ExactGrader:
     _no_options(arg, "exact")
     return ExactGrader()
 
 
-@register_grader("normalized")
+@GRADERS.register("normalized")
 def _normalized(arg: str) -> NormalizedGrader:
     _no_options(arg, "normalized")
     return NormalizedGrader()
 
 
-register_grader("regex")(RegexGrader)  # the whole text after "regex:" is the pattern
+GRADERS.register("regex", RegexGrader)  # the whole text after "regex:" is the pattern
 
 
 # --- numbers ---------------------------------------------------------------------------------
@@ -240,7 +232,7 @@ class NumericGrader:
         return float(math.isclose(got, expected, rel_tol=self.tol, abs_tol=self.tol))
 
 
-@register_grader("numeric")
+@GRADERS.register("numeric")
 def _numeric(arg: str) -> NumericGrader:
     return NumericGrader(**_options(arg, {"tol": float}, "numeric"))
 
@@ -299,7 +291,7 @@ class SimilarityGrader:
         return min(1.0, max(0.0, self._score(answer, reference)))
 
 
-@register_grader("similarity")
+@GRADERS.register("similarity")
 def _similarity(arg: str) -> SimilarityGrader:
     return SimilarityGrader(**_options(arg, {"metric": str}, "similarity"))
 
@@ -326,9 +318,9 @@ class MultiGrader:
             raise UserError("multi: the formula uses no grader, e.g. 'multi:0.7*numeric+0.3*similarity'.")
         if "multi" in names:
             raise UserError("multi: formulas cannot nest multi.")
-        unknown = sorted(names - set(GRADERS))
+        unknown = sorted(names - set(GRADERS.names()))
         if unknown:
-            raise UserError(f"multi: unknown grader(s) {', '.join(unknown)}; known: {', '.join(sorted(GRADERS))}.")
+            raise UserError(f"multi: unknown grader(s) {', '.join(unknown)}; known: {', '.join(GRADERS.names())}.")
         self.parts: dict[str, Grader] = {name: parse_grader(name) for name in sorted(names)}
         # Re-printed from the syntax tree so that spacing differences make the same spec.
         self.formula = ast.unparse(tree)
@@ -358,7 +350,7 @@ class MultiGrader:
         return self._combine({name: grader.grade(answer, reference) for name, grader in self.parts.items()})
 
 
-register_grader("multi")(MultiGrader)
+GRADERS.register("multi", MultiGrader)
 
 
 # --- TRL reward functions --------------------------------------------------------------------
@@ -395,7 +387,7 @@ def as_reward_func(grader: Grader, *, on_error: float | None = 0.0) -> Callable[
         if len(reference) != len(completions):
             raise UserError(f"{reward.__name__}: {len(completions)} completions but {len(reference)} references.")
         scores: list[float | None] = []
-        for completion, ref in zip(completions, reference):
+        for completion, ref in zip(completions, reference, strict=True):
             if ref is None:
                 scores.append(on_error)
                 continue
@@ -413,4 +405,3 @@ def as_reward_func(grader: Grader, *, on_error: float | None = 0.0) -> Callable[
 
 
 # Registers the "python" grader (its own module: it manages a locked-down child process).
-from judges import python_grader  # noqa: E402,F401

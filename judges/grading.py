@@ -21,7 +21,9 @@ from sqlalchemy.orm import Session, aliased
 
 from db.engine import session_scope
 from db.models import Item, Label, Prompt, Response
-from feedback import audit, jobs
+from feedback import jobs
+from feedback.actors import Actor
+from feedback.config_fields import cfg_field
 from feedback.errors import UserError
 from judges.graders import Grader, GraderError, parse_grader
 
@@ -143,8 +145,8 @@ def _score(grader: Grader, tasks: Sequence[_Task], summary: GradeSummary) -> lis
 def _label(grader: Grader, producer: str, task: _Task, scores: list[float], job_id: int | None) -> Label:
     provenance: dict[str, Any] = {
         "grader": grader.spec,
-        "scores": dict(zip("ab", scores)),
-        "response_ids": dict(zip("ab", (rid for rid, _ in task.responses))),
+        "scores": dict(zip("ab", scores, strict=False)),
+        "response_ids": dict(zip("ab", (rid for rid, _ in task.responses), strict=False)),
         **(grader.describe() if hasattr(grader, "describe") else {}),
     }
     if job_id is not None:
@@ -163,7 +165,8 @@ def _write(session: Session, grader: Grader, scored: Sequence[tuple[_Task, list[
            summary: GradeSummary, job_id: int | None) -> None:
     producer = producer_for(grader)
     wanted = {submission_id_for(grader, task.item_id) for task, _ in scored}
-    existing = set(session.scalars(select(Label.submission_id).where(Label.submission_id.in_(wanted)))) if wanted else set()
+    existing = (set(session.scalars(select(Label.submission_id).where(Label.submission_id.in_(wanted))))
+                if wanted else set())
     for task, scores in scored:
         label = _label(grader, producer, task, scores, job_id)
         if label.submission_id in existing:
@@ -200,7 +203,7 @@ def grade_items(*, session: Session, grader: Grader, limit: int | None = None,
 
 
 def run_grading(*, engine: Engine, spec: str, limit: int | None = None, job_id: int | None = None,
-                on_progress: Callable[[int, int], None] | None = None, actor: str = "cli") -> dict[str, Any]:
+                on_progress: Callable[[int, int], None] | None = None, actor: Actor) -> dict[str, Any]:
     """Grade up to `limit` ungraded items with the grader `spec`; returns the summary's counts.
 
     Raises UserError if the grader failed on every item it tried (a broken grader should fail
@@ -224,7 +227,7 @@ def run_grading(*, engine: Engine, spec: str, limit: int | None = None, job_id: 
         with session_scope(engine) as s:
             _write(s, grader, scored, part, job_id)
             if part.items:
-                audit.record(session=s, actor=actor, action="grader.label", target=f"grader:{grader.spec}"[:128],
+                actor.record(session=s, action="grader.label", target=f"grader:{grader.spec}"[:128],
                              details={"labels": part.items, "job_id": job_id})
         summary.add(part)
         if on_progress:
@@ -234,18 +237,27 @@ def run_grading(*, engine: Engine, spec: str, limit: int | None = None, job_id: 
     return {"spec": grader.spec, **asdict(summary)}
 
 
-@jobs.register("grade")
+@dataclass
+class GradeConfig:
+    spec: str = cfg_field("numeric", "The grader, e.g. exact, numeric:tol=0.01, regex:PATTERN, "
+                                     "multi:0.7*numeric+0.3*similarity.", flag="--grader")
+    limit: int | None = cfg_field(None, "Most items to grade (None: every ungraded one).")
+
+    def __post_init__(self) -> None:
+        parse_grader(self.spec)  # a bad spec is refused before any job row exists
+        if self.limit is not None and self.limit < 1:
+            raise UserError("limit must be at least 1.")
+
+
 def run_grading_job(*, engine: Engine, job, reporter: jobs.Reporter) -> dict[str, Any]:
-    config = dict(job.config or {})
-    spec = config.pop("spec", None)
-    limit = config.pop("limit", None)
-    if not spec:
-        raise UserError("A grade job needs a grader spec, e.g. {'spec': 'numeric'}.")
-    if config:
-        raise UserError(f"Unknown grade job option(s): {', '.join(sorted(config))}.")
+    config = GradeConfig(**job.config)
 
     def progress(done: int, total: int) -> None:
-        reporter.progress(done, total, log=f"{done}/{total} items graded with {spec}")
+        reporter.progress(done, total, log=f"{done}/{total} items graded with {config.spec}")
 
-    return run_grading(engine=engine, spec=spec, limit=limit, job_id=job.id, on_progress=progress,
-                       actor=f"worker:job-{job.id}")
+    return run_grading(engine=engine, spec=config.spec, limit=config.limit, job_id=job.id, on_progress=progress,
+                       actor=Actor.worker(job.id))
+
+
+# No secrets: a python: grader runs user code, and its subprocess gets none either.
+GRADE_JOB = jobs.JobKind(runner=run_grading_job, config=GradeConfig)

@@ -83,7 +83,8 @@ def _ask(backend: JudgeBackend, request: JudgeRequest) -> tuple[str | None, list
     return None, replies, error
 
 
-def assemble(principles: list[str], answers: list[tuple[str, bool, str | None, list[JudgeReply], str | None]]) -> PairJudgment:
+def assemble(principles: list[str],
+             answers: list[tuple[str, bool, str | None, list[JudgeReply], str | None]]) -> PairJudgment:
     """Combine the answers for both orders of every principle into one judgment."""
     per_principle, raw = [], {"orders": []}
     tokens_in = tokens_out = 0

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from feedback.errors import UserError
-from judges.graders import GraderError, _options, register_grader
+from judges.graders import GraderError, _options
+
 # --- python: user code in a locked-down child process ----------------------------------------
 
 RUNNER = Path(__file__).with_name("python_grader_runner.py")
@@ -176,8 +177,7 @@ class PythonGrader:
         return float(score)
 
 
-@register_grader("python")
-def _python(arg: str) -> PythonGrader:
+def make_python_grader(arg: str) -> PythonGrader:
     path, _, rest = arg.partition(";")
     return PythonGrader(path.strip(), **_options(rest, {"timeout": float, "memory_mb": int}, "python"))
 

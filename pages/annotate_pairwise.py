@@ -54,7 +54,7 @@ def vote() -> None:
                          format_func={"slight": "slightly", "much": "much better"}.get)
     st.text_area("Why? (optional)", key=f"rationale-{claim.assignment_id}", height=68)
     cols = st.columns(len(CHOICES) + 1)
-    for col, (value, label, key) in zip(cols, CHOICES):
+    for col, (value, label, key) in zip(cols, CHOICES, strict=False):
         col.button(label, key=f"{value}-{claim.assignment_id}", shortcut=key, width="stretch",
                    type="primary" if value in ("left", "right") else "secondary",
                    on_click=submit, args=(claim.assignment_id, submission_id, value))

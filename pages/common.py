@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 
 from db.engine import engine_for, session_scope
 from db.models import Job, User
+from feedback.actors import Actor
 from feedback.render import inert_markdown
 from feedback.settings import get_settings
 
@@ -120,7 +121,7 @@ def job_progress_rows(*, engine: Engine, kind: str, user: User, unit: str, limit
     Meant to be called inside a polling fragment."""
     from feedback import jobs
 
-    actor = f"app:{user.username}"
+    actor = Actor.signed_in(user)
     resumed = []
     with session_scope(engine) as session:
         recent = jobs.list_jobs(session=session, limit=limit, kind=kind)
@@ -152,12 +153,9 @@ def start_admin_job(engine: Engine, user: User, *, kind: str, config: dict) -> J
     """Create a job as this admin (the role checked in the same transaction) and start its worker
     once that has committed, so the worker finds the job row."""
     from feedback import jobs
-    from feedback.users import require_role
 
     with session_scope(engine) as session:
-        require_role(session.merge(user), "admin")
-        job = jobs.create_job(session=session, kind=kind, config=config, created_by_id=user.id,
-                              actor=f"app:{user.username}")
+        job = jobs.create_job(session=session, kind=kind, config=config, actor=Actor.signed_in(user))
     jobs.start_detached(job=job, database_url=get_settings().database_url)
     return job
 
@@ -168,3 +166,38 @@ def skip_item(engine: Engine, user: User, assignment_id: int) -> None:
 
     with session_scope(engine) as s:
         queue.skip(session=s, user=s.merge(user), assignment_id=assignment_id)
+
+
+def config_form(cls: type, *, key: str, columns: int = 3) -> dict:
+    """Widgets for every field of config dataclass `cls` (labels, help and defaults from the
+    dataclass itself); returns only the values the user changed, so the config's own defaults
+    apply to the rest. Call it inside a form."""
+    from feedback.config_fields import changed, describe
+
+    values, cols = {}, st.columns(columns)
+    for i, spec in enumerate(s for s in describe(cls) if s.kind is not dict):
+        col, wkey = cols[i % columns], f"{key}-{spec.name}"
+        if spec.kind is bool:
+            values[spec.name] = col.checkbox(spec.name, value=bool(spec.default), help=spec.help, key=wkey)
+        elif spec.choices:
+            options = list(spec.choices)
+            values[spec.name] = col.selectbox(spec.name, options, index=options.index(spec.default),
+                                              help=spec.help, key=wkey)
+        elif spec.kind in (int, float) and not spec.optional:
+            step = 1 if spec.kind is int else None
+            fmt = "%d" if spec.kind is int else "%g"
+            values[spec.name] = col.number_input(spec.name, value=spec.default, step=step, format=fmt,
+                                                 help=spec.help, key=wkey)
+        else:  # text, lists (comma-separated) and optional numbers ("" = None)
+            shown = ", ".join(map(str, spec.default)) if spec.kind is list else (
+                "" if spec.default is None else str(spec.default))
+            text = col.text_input(spec.name, shown, help=spec.help, key=wkey).strip()
+            if text == shown:
+                values[spec.name] = spec.default
+            elif spec.kind is list:
+                values[spec.name] = [spec.item(part.strip()) for part in text.split(",") if part.strip()]
+            elif spec.optional and not text:
+                values[spec.name] = None
+            else:
+                values[spec.name] = spec.kind(text) if spec.kind in (int, float) else text
+    return changed(cls, values)

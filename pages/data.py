@@ -8,14 +8,13 @@ import pandas as pd
 import streamlit as st
 
 from db.engine import session_scope
-from feedback import audit
+from feedback.actors import Actor
 from feedback.browse import counts, list_items, list_prompts, list_responses, policy_names
 from feedback.errors import UserError
 from feedback.export import FORMATS, export_rows, to_jsonl
 from feedback.prompts import import_prompt_file_bytes
 from feedback.sampling import SamplingConfig
 from feedback.settings import get_settings
-from feedback.users import require_role
 from pages.common import get_engine, live_job_progress, require_page_role, start_admin_job
 
 user = require_page_role("admin")
@@ -42,14 +41,8 @@ with tab_import:
     if st.button("Import", type="primary", disabled=upload is None):
         try:
             with session_scope(engine) as session:
-                require_role(session.merge(user), "admin")
-                report = import_prompt_file_bytes(session=session, data=upload.getvalue(),
-                                                  filename=upload.name, on_error=mode)
-                if report.committed:
-                    audit.record(session=session, actor=f"app:{user.username}", user_id=user.id,
-                                 action="prompts.import", target=upload.name,
-                                 details={"inserted": report.inserted, "duplicates": report.duplicates,
-                                          "errors": len(report.errors)})
+                report = import_prompt_file_bytes(session=session, data=upload.getvalue(), filename=upload.name,
+                                                  on_error=mode, actor=Actor.signed_in(user))
         except UserError as exc:
             st.error(str(exc))
         else:
@@ -76,14 +69,15 @@ with tab_browse:
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 with tab_sample:
+    defaults = SamplingConfig()  # the form starts from the config's own defaults
     with st.form("sample"):
         c1, c2, c3 = st.columns(3)
-        limit = c1.number_input("Prompts", 1, 10_000, 8)
-        n = c2.number_input("Samples per prompt", 1, 16, 2)
-        max_new_tokens = c3.number_input("Max new tokens", 8, 4096, 128)
+        limit = c1.number_input("Prompts", 1, 10_000, defaults.limit)
+        n = c2.number_input("Samples per prompt", 1, 16, defaults.n_per_prompt)
+        max_new_tokens = c3.number_input("Max new tokens", 8, 4096, defaults.max_new_tokens)
         c1, c2, c3 = st.columns(3)
-        temperature = c1.slider("Temperature", 0.0, 2.0, 0.8)
-        top_p = c2.slider("Top p", 0.05, 1.0, 0.95)
+        temperature = c1.slider("Temperature", 0.0, 2.0, defaults.temperature)
+        top_p = c2.slider("Top p", 0.05, 1.0, defaults.top_p)
         items = c3.selectbox("Make", ["pair", "single", "both"], format_func={
             "pair": "pairs (A/B)", "single": "singles (thumbs)", "both": "pairs and singles"}.get)
         c1, c2 = st.columns(2)

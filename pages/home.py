@@ -1,10 +1,9 @@
 import pandas as pd
 import streamlit as st
-from sqlalchemy import select
 
 from db.engine import session_scope
-from db.models import PolicyVersion
 from feedback.browse import counts
+from feedback.policies import list_policies
 from pages.common import get_engine, signed_in_user
 
 user = signed_in_user()
@@ -16,11 +15,11 @@ with session_scope(get_engine(), read_only=True) as session:
     versions = [
         {"name": v.name, "status": v.status, "base model": v.base_model, "stage": v.stage,
          "parent": v.parent.name if v.parent else None, "created": v.created_at}
-        for v in session.scalars(select(PolicyVersion).order_by(PolicyVersion.id))
+        for v in list_policies(session=session)
     ]
 
-cols = st.columns(4)
-for col, (name, value) in zip(cols, totals.items()):
+cols = st.columns(len(totals))
+for col, (name, value) in zip(cols, totals.items(), strict=True):
     col.metric(name.capitalize(), value)
 
 st.subheader("Policy versions")

@@ -4,16 +4,15 @@ from dataclasses import asdict
 
 import pandas as pd
 import streamlit as st
-from sqlalchemy import select
 
 from db.engine import session_scope
-from db.models import Judgment
+from feedback.actors import Actor
 from feedback.errors import UserError
 from judges import calibration
-from judges.backends import backend_names
-from judges.batch import JudgeConfig
-from judges.graders import parse_grader
+from judges.backends import BACKENDS
+from judges.batch import JudgeConfig, recent_judgments
 from judges.constitutions import DEFAULT_NAME, ensure_shipped, list_constitutions, save_constitution
+from judges.graders import parse_grader
 from pages.common import get_engine, live_job_progress, require_page_role, start_admin_job
 
 me = require_page_role("admin")
@@ -41,7 +40,8 @@ with tab_constitutions:
     if st.button("Save a new version", type="primary"):
         try:
             with session_scope(engine) as s:
-                saved = save_constitution(session=s, name=new_name, principles=edited.splitlines(), user=s.merge(me))
+                saved = save_constitution(session=s, name=new_name, principles=edited.splitlines(),
+                                          actor=Actor.signed_in(me))
                 label = f"{saved.name} v{saved.version}"
             st.success(f"Saved {label}.")
         except UserError as exc:
@@ -51,10 +51,11 @@ with tab_constitutions:
                  hide_index=True, width="stretch")
 
 with tab_run:
+    defaults = JudgeConfig()  # the form starts from the config's own defaults
     with st.form("judge"):
         c1, c2, c3 = st.columns(3)
         constitution = c1.selectbox("Constitution", list(latest), index=default_index)
-        backend = c2.selectbox("Backend", backend_names(), index=backend_names().index("local"))
+        backend = c2.selectbox("Backend", BACKENDS.names(), index=BACKENDS.names().index(defaults.backend))
         model = c3.text_input("Model (empty: the backend's default)")
         c1, c2, c3 = st.columns(3)
         mode = c1.selectbox("Principles", ["sample", "all"], format_func={
@@ -65,10 +66,10 @@ with tab_run:
         disagreement = c3.selectbox("When the two orders disagree", ["escalate", "tie"], format_func={
             "escalate": "leave the pair to humans", "tie": "label a tie"}.get)
         c1, c2, c3, c4 = st.columns(4)
-        max_items = c1.number_input("Most pairs", 1, 100_000, 20)
-        max_cost = c2.number_input("Budget in USD (0: none)", 0.0, 10_000.0, 0.0)
-        concurrency = c3.number_input("Concurrency", 1, 64, 4)
-        batch_api = c4.checkbox("Batch API (cheaper, slower)")
+        max_items = c1.number_input("Most pairs", 1, 100_000, defaults.max_items)
+        max_cost = c2.number_input("Budget in USD (0: none)", 0.0, 10_000.0, defaults.max_cost_usd or 0.0)
+        concurrency = c3.number_input("Concurrency", 1, 64, defaults.concurrency)
+        batch_api = c4.checkbox("Batch API (cheaper, slower)", value=defaults.batch_api)
         start = st.form_submit_button("Start judging", type="primary")
     if start:
         try:
@@ -83,10 +84,11 @@ with tab_run:
     live_job_progress(engine=engine, kind="judge", user=me, unit="pairs")
 
     with session_scope(engine, read_only=True) as s:
-        recent = s.scalars(select(Judgment).order_by(Judgment.id.desc()).limit(100)).all()
+        recent = recent_judgments(session=s, limit=100)
         st.subheader("Recent judgments")
         st.dataframe(pd.DataFrame([{"job": j.job_id, "item": j.item_id, "outcome": j.outcome, "A first": j.verdict_ab,
-                                    "B first": j.verdict_ba, "model": j.model, "tokens": (j.input_tokens or 0) + (j.output_tokens or 0),
+                                    "B first": j.verdict_ba, "model": j.model,
+                                    "tokens": (j.input_tokens or 0) + (j.output_tokens or 0),
                                     "cost_usd": j.cost_usd} for j in recent]), hide_index=True, width="stretch")
 
 with tab_graders:
@@ -94,7 +96,8 @@ with tab_graders:
              "response as chosen (equal: tie); single responses get a score label.")
     with st.form("grade"):
         spec = st.text_input("Grader", "numeric", help="exact, normalized, numeric[:tol=0.01], regex:PATTERN, "
-                             "similarity[:metric=ratio|token_set|bleu|chrf], python:FILE, multi:0.7*numeric+0.3*similarity")
+                             "similarity[:metric=ratio|token_set|bleu|chrf], python:FILE, "
+                             "multi:0.7*numeric+0.3*similarity")
         grade_limit = st.number_input("Most items (0: all)", 0, 1_000_000, 0)
         start_grading = st.form_submit_button("Start grading", type="primary")
     if start_grading:
@@ -117,4 +120,5 @@ with tab_calibration:
     st.dataframe(pd.DataFrame(report), hide_index=True, width="stretch")
     st.subheader("Humans among themselves")
     alpha = "n/a (needs 2+ annotators on 2+ shared pairs)" if humans["alpha"] is None else f"{humans['alpha']:.3f}"
-    st.write(f"Krippendorff's alpha (nominal): {alpha} over {humans['items']} pairs and {humans['annotators']} annotators.")
+    st.write(f"Krippendorff's alpha (nominal): {alpha} over {humans['items']} pairs "
+             f"and {humans['annotators']} annotators.")

@@ -1,11 +1,11 @@
 """Admin: how items are handed out (overlap, lease length, which prompts and policy versions)."""
 import streamlit as st
-from sqlalchemy import select
 
 from db.engine import session_scope
-from db.models import PolicyVersion
 from feedback import queue
+from feedback.actors import Actor
 from feedback.errors import UserError
+from feedback.policies import list_policies
 from pages.common import get_engine, require_page_role
 
 me = require_page_role("admin")
@@ -14,7 +14,7 @@ st.title("Queue")
 
 with session_scope(engine) as s:
     settings = queue.get_queue_settings(session=s)
-    versions = {v.id: v.name for v in s.scalars(select(PolicyVersion).order_by(PolicyVersion.id))}
+    versions = {v.id: v.name for v in list_policies(session=s)}
     open_items = queue.open_item_count(session=s)
 st.caption(f"{open_items} items can still be handed out.")
 
@@ -34,7 +34,7 @@ with st.form("queue_settings"):
         try:
             with session_scope(engine) as s:
                 queue.update_queue_settings(
-                    session=s, user=s.merge(me), overlap=int(overlap), lease_seconds=int(lease),
+                    session=s, actor=Actor.signed_in(me), overlap=int(overlap), lease_seconds=int(lease),
                     prompt_tags=tags.split(","), policy_version_ids=chosen,
                     refill_below=int(refill_below), refill_prompts=int(refill_prompts))
             st.success("Saved.")

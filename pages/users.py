@@ -5,6 +5,7 @@ import streamlit as st
 from db.engine import session_scope
 from db.models import ROLES
 from feedback import users
+from feedback.actors import Actor
 from feedback.errors import UserError
 from pages.common import get_engine, require_page_role
 
@@ -17,7 +18,7 @@ def run(action, **kwargs):
     """Call a user service as the signed-in admin; show its error instead of failing."""
     try:
         with session_scope(engine) as s:
-            return action(session=s, actor=s.merge(me), **kwargs)
+            return action(session=s, actor=Actor.signed_in(me), **kwargs)
     except UserError as exc:
         st.error(str(exc))
         return None
@@ -35,7 +36,7 @@ with st.form("add_user", clear_on_submit=True):
             st.code(created[1], language=None)
 
 with session_scope(engine, read_only=True) as s:
-    accounts = users.list_users(session=s, actor=s.merge(me))
+    accounts = users.list_users(session=s, actor=Actor.signed_in(me))
 st.subheader("Accounts")
 st.dataframe(pd.DataFrame([{"username": u.username, "role": u.role, "active": u.active, "created": u.created_at}
                            for u in accounts]), hide_index=True, width="stretch")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
+from cli import job_kinds
 from db.engine import make_engine
 from db.migrate import upgrade
-from tests.local_servers import PG_BIN_DIRS, new_database, throwaway_cluster
+from testkit.local_servers import PG_BIN_DIRS, new_database, throwaway_cluster
 
 REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
 
@@ -43,7 +45,7 @@ def postgres_url(postgres_server) -> str:
     return url
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request) -> str:
     """A migrated, empty database: each test using it runs on SQLite and on Postgres."""
     return request.getfixturevalue(f"{request.param}_url")
@@ -92,3 +94,15 @@ def tiny_model_dir(default_model_dir) -> Path:
     AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(tmp)
     tmp.rename(target)
     return target
+
+
+# The composition root's job kinds, as every entry point installs them.
+job_kinds.install()
+
+
+@pytest.fixture
+def registered():
+    """`registered(REGISTRY, name, entry)`: an entry (a fake backend, grader, launcher, job kind,
+    stage) in a real registry for this test only; what was there before comes back afterwards."""
+    with ExitStack() as stack:
+        yield lambda registry, name, entry: stack.enter_context(registry.override(name, entry))

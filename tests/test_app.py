@@ -2,13 +2,13 @@
 browse (model text shown as text, never HTML), sampling job start, export download."""
 from __future__ import annotations
 
-
 import pytest
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
 from db.engine import session_scope
 from db.models import Job, Prompt, Response
+from feedback.actors import CLI
 from feedback.policies import ensure_base_policy
 from feedback.settings import PROJECT_ROOT
 from feedback.users import create_user
@@ -20,9 +20,9 @@ XSS = '<script>alert(1)</script><img src=x onerror="alert(2)">[click](javascript
 @pytest.fixture
 def app_db(use_db, engine):
     with session_scope(engine) as s:
-        ensure_base_policy(session=s)
-        create_user(session=s, username="root", role="admin", password="admin-password")
-        create_user(session=s, username="ann", role="annotator", password="annotator-password")
+        ensure_base_policy(session=s, actor=CLI)
+        create_user(session=s, username="root", role="admin", password="admin-password", actor=CLI)
+        create_user(session=s, username="ann", role="annotator", password="annotator-password", actor=CLI)
     return engine
 
 
@@ -86,7 +86,7 @@ def test_admin_imports_prompts_and_sees_errors(app_db, tmp_path):
 
 def test_browse_shows_model_text_as_plain_data(app_db):
     with session_scope(app_db) as s:
-        v0 = ensure_base_policy(session=s)
+        v0 = ensure_base_policy(session=s, actor=CLI)
         prompt = Prompt(text="p", messages=[{"role": "user", "content": "p"}], content_hash="h1", split="train")
         s.add(prompt)
         s.flush()
@@ -112,5 +112,6 @@ def test_admin_starts_sampling_job(app_db, monkeypatch):
     assert not at.exception
     with session_scope(app_db, read_only=True) as s:
         job = s.scalar(select(Job))
-        assert job.kind == "sample" and job.config["limit"] == 8 and job.created_by_id is not None
+        assert (job.kind == "sample" and job.config["limit"] == 16  # the config's default
+                and job.created_by_id is not None)
     assert started == [job.id]

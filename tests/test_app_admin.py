@@ -8,7 +8,8 @@ from streamlit.testing.v1 import AppTest
 
 from db.engine import session_scope
 from db.models import Constitution, Job, PolicyVersion
-from feedback.launchers import LAUNCHERS, register_launcher
+from feedback.actors import CLI
+from feedback.launchers import LAUNCHERS
 from feedback.policies import ensure_base_policy
 from feedback.settings import PROJECT_ROOT
 from feedback.users import create_user
@@ -26,15 +27,14 @@ class RecordingLauncher:
 
 
 @pytest.fixture
-def admin_app(use_db, engine, monkeypatch):
-    register_launcher("recording")(RecordingLauncher)
-    monkeypatch.setitem(LAUNCHERS, "recording", RecordingLauncher)
+def admin_app(use_db, engine, monkeypatch, registered):
+    registered(LAUNCHERS, "recording", RecordingLauncher)
     monkeypatch.setenv("JOB_LAUNCHER", "recording")
     LAUNCHED.clear()
     with session_scope(engine) as s:
-        ensure_base_policy(session=s)
+        ensure_base_policy(session=s, actor=CLI)
         ensure_shipped(session=s)
-        create_user(session=s, username="root", role="admin", password="admin-password")
+        create_user(session=s, username="root", role="admin", password="admin-password", actor=CLI)
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30).run()
     at.text_input[0].input("root")
     at.text_input[1].input("admin-password")
@@ -68,11 +68,12 @@ def test_judge_page_saves_a_constitution_version_and_starts_a_batch(admin_app, e
     assert any(f"Job {job.id} · queued" in p.text for p in at.get("progress"))
 
 
-def test_training_page_starts_one_round_and_refuses_a_second(admin_app, engine):
+def one_labelled_pair(engine) -> None:
+    """One human-labelled pair, so a round's snapshot is not empty."""
     from db.models import Item, Label, Prompt, Response, User
     from feedback.prompts import canonical_messages, content_hash
 
-    with session_scope(engine) as s:  # one labelled pair so the snapshot is not empty
+    with session_scope(engine) as s:
         v0 = s.scalar(select(PolicyVersion))
         messages = canonical_messages("q", None)
         prompt = Prompt(text="q", messages=messages, content_hash=content_hash(messages))
@@ -88,6 +89,10 @@ def test_training_page_starts_one_round_and_refuses_a_second(admin_app, engine):
         annotator = s.scalar(select(User))
         s.add(Label(item_id=item.id, kind="pairwise", choice="a", source="human", user_id=annotator.id,
                     submission_id="x"))
+
+
+def test_training_page_starts_one_round_and_refuses_a_second(admin_app, engine):
+    one_labelled_pair(engine)
     at = admin_app.switch_page("pages/training.py").run()
     assert not at.exception
     button(at, "Start round").click().run()
@@ -111,3 +116,37 @@ def test_judge_page_starts_grading(admin_app, engine):
         job = s.scalar(select(Job).where(Job.kind == "grade"))
     assert job.config == {"spec": "numeric", "limit": None}
     assert LAUNCHED == [(job.id, "grade")]
+
+
+# The stages whose own default learning rate differs from CommonConfig's 5e-5: the page used to
+# send its own 5e-5 for every stage.
+OWN_LEARNING_RATES = {"sft": 2e-4, "reward": 1e-5}
+
+
+def test_training_page_defaults_are_each_stages_own(admin_app, engine):
+    """A round started from the page with its defaults sends no stage settings, so each stage
+    trains with its own defaults; a changed Advanced field is the only one sent."""
+    from training.rounds import RoundConfig
+    from training.stages import STAGES
+
+    one_labelled_pair(engine)
+    at = admin_app.switch_page("pages/training.py").run()
+    for stage in STAGES.names():
+        next(s for s in at.selectbox if s.label == "Stage").select(stage).run()
+        button(at, "Start round").click().run()
+        assert any("Round started as job" in m.value for m in at.success), (stage, [e.value for e in at.error])
+        with session_scope(engine) as s:
+            job = s.scalar(select(Job).where(Job.kind == "train", Job.status == "queued"))
+            job.status = "cancelled"  # one round at a time: make room for the next stage's
+            config = RoundConfig(**job.config)
+        assert config.stage == stage and config.stage_config == {}
+        trained_with = STAGES.get(stage).config(**config.stage_config)
+        assert trained_with.learning_rate == OWN_LEARNING_RATES.get(stage, 5e-5), stage
+
+    next(s for s in at.selectbox if s.label == "Stage").select("dpo").run()
+    next(n for n in at.number_input if n.label == "learning_rate").set_value(1e-4)
+    next(n for n in at.number_input if n.label == "beta").set_value(0.1)  # its default: not sent
+    button(at, "Start round").click().run()
+    with session_scope(engine, read_only=True) as s:
+        job = s.scalar(select(Job).where(Job.kind == "train", Job.status == "queued"))
+    assert job.config["stage_config"] == {"learning_rate": 1e-4}

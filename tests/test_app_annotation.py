@@ -8,6 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from db.engine import session_scope
 from db.models import Assignment, Item, Label, Prompt, QueueSettings, Response, User
+from feedback.actors import CLI
 from feedback.policies import ensure_base_policy
 from feedback.prompts import canonical_messages, content_hash
 from feedback.settings import PROJECT_ROOT
@@ -44,14 +45,15 @@ def opens(at: AppTest, page: str) -> bool:
 @pytest.fixture
 def app_db(use_db, engine):
     with session_scope(engine) as s:
-        v0 = ensure_base_policy(session=s)
+        v0 = ensure_base_policy(session=s, actor=CLI)
         for name, role in (("ann", "annotator"), ("rev", "reviewer"), ("root", "admin")):
-            create_user(session=s, username=name, role=role, password=PASSWORDS[name])
+            create_user(session=s, username=name, role=role, password=PASSWORDS[name], actor=CLI)
         # Refills would start a real sampling worker; these tests bring their own items.
         s.add(QueueSettings(id=1, overlap=1, refill_below=0))
         for i in range(3):
             messages = canonical_messages(f"Question {i}?", None)
-            prompt = Prompt(text=f"Question {i}?", messages=messages, content_hash=content_hash(messages), split="train")
+            prompt = Prompt(text=f"Question {i}?", messages=messages, content_hash=content_hash(messages),
+                            split="train")
             s.add(prompt)
             s.flush()
             a = Response(prompt_id=prompt.id, policy_version_id=v0.id, text=f"first answer {i}", params={})

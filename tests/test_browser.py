@@ -17,11 +17,14 @@ from sqlalchemy import select
 from db.engine import make_engine, session_scope
 from db.migrate import upgrade
 from db.models import Assignment, Item, Label, Prompt, QueueSettings, Response, User, utcnow
+from feedback.actors import CLI
 from feedback.policies import ensure_base_policy
 from feedback.prompts import canonical_messages, content_hash
 from feedback.settings import PROJECT_ROOT
 from feedback.users import create_user
-from tests.local_servers import free_port
+from testkit.local_servers import free_port
+
+pytestmark = [pytest.mark.browser]
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
@@ -43,7 +46,7 @@ XSS_B = ("See ![pixel](http://127.0.0.1:9/tracker.png) and [click me](javascript
          "and http://127.0.0.1:9/bare and www.example.test too.")
 
 if not Path(CHROMIUM).exists():
-    pytestmark = pytest.mark.skip(reason=f"{CHROMIUM} not installed (scripts/system-packages.sh)")
+    pytestmark.append(pytest.mark.skip(reason=f"{CHROMIUM} not installed (scripts/system-packages.sh)"))
 
 
 
@@ -59,8 +62,8 @@ def _seed(url: str) -> None:
     engine = make_engine(url)
     try:
         with session_scope(engine) as s:
-            v0 = ensure_base_policy(session=s)
-            users = {name: create_user(session=s, username=name, role=role, password=PASSWORDS[name])
+            v0 = ensure_base_policy(session=s, actor=CLI)
+            users = {name: create_user(session=s, username=name, role=role, password=PASSWORDS[name], actor=CLI)
                      for name, role in (("ann", "annotator"), ("root", "admin"), ("eve", "annotator"),
                                         ("bob", "annotator"), ("cat", "annotator"))}
             # Refills would start a real sampling worker; the items are seeded here instead.
@@ -284,7 +287,7 @@ def test_annotator_labels_pairs_and_a_single(page, app_server):
             labels = s.scalars(select(Label).where(Label.user_id == ann.id).order_by(Label.id)).all()
             assert [label.kind for label in labels] == ["pairwise"] * 3 + ["binary"]
             assert all(label.source == "human" for label in labels)
-            for label, shown, preferred in zip(labels, (first, second, third), ("left", "right", "tie")):
+            for label, shown, preferred in zip(labels, (first, second, third), ("left", "right", "tie"), strict=False):
                 item = s.get(Item, label.item_id)
                 a, b = item.response_a.text, item.response_b.text
                 assert item.prompt.text == shown["prompt"]
@@ -366,7 +369,7 @@ def test_two_annotators_at_once_never_get_the_same_pair(browser, app_server):
     engine = make_engine(url)
     try:
         with session_scope(engine) as s:
-            v0 = ensure_base_policy(session=s)
+            v0 = ensure_base_policy(session=s, actor=CLI)
             for question, a, b in team:
                 prompt = _prompt(s, question)
                 ra, rb = (Response(prompt_id=prompt.id, policy_version_id=v0.id, text=t, params={}) for t in (a, b))

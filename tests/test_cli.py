@@ -9,9 +9,10 @@ import sys
 import pytest
 from sqlalchemy import select
 
+from cli import main
 from db.engine import session_scope
 from db.models import AuditLog, Item, Label, PolicyVersion, User
-from feedback.cli import main
+from feedback.actors import CLI
 from feedback.settings import PROJECT_ROOT
 
 
@@ -21,7 +22,7 @@ def cli_db(use_db, engine, tiny_model_dir):
     from feedback.policies import ensure_base_policy
 
     with session_scope(engine) as s:
-        ensure_base_policy(session=s).model_path = str(tiny_model_dir)
+        ensure_base_policy(session=s, actor=CLI).model_path = str(tiny_model_dir)
     return engine
 
 
@@ -99,8 +100,11 @@ def test_unmigrated_database_is_a_clear_error(tmp_path, monkeypatch, capsys):
 def test_setup_is_idempotent_and_prints_admin_once(tmp_path, default_model_dir):
     env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{tmp_path / 'setup.sqlite3'}",
            "MODEL_CACHE_DIR": str(default_model_dir.parent)}
-    run = lambda: subprocess.run([sys.executable, "-m", "feedback", "setup", "--demo"], cwd=PROJECT_ROOT,
-                                 env=env, capture_output=True, text=True, check=True).stdout
+
+    def run():
+        return subprocess.run([sys.executable, "-m", "feedback", "setup", "--demo"], cwd=PROJECT_ROOT,
+                              env=env, capture_output=True, text=True, check=True).stdout
+
     first, second = run(), run()
     assert "password:" in first and "demo prompts: 25 new" in first
     assert "password:" not in second and "demo prompts: 0 new" in second
@@ -129,3 +133,43 @@ def test_judge_and_grade_commands(cli_db, tmp_path, capsys, tiny_model_dir):
     assert main(["grade", "--grader", "nonsense"]) == 2
     assert main(["judge", "--constitution", "nope"]) == 2
     assert "No constitution 'nope'" in capsys.readouterr().err
+
+
+def test_train_flags_come_from_the_stage_config(cli_db, registered, monkeypatch, capsys):
+    """`train STAGE --field value`: only the flags given reach the round, as stage_config."""
+    from db.models import Job
+    from feedback.launchers import LAUNCHERS
+
+    launched = []
+
+    class Recording:
+        def launch(self, *, job_id, **_):
+            launched.append(job_id)
+            return "recorded"
+
+    registered(LAUNCHERS, "recording", Recording)
+    monkeypatch.setenv("JOB_LAUNCHER", "recording")
+    with pytest.raises(SystemExit):  # a RoundConfig field is not a stage flag: it goes in --config
+        main(["train", "sft", "--sft-source", "reference"])
+    capsys.readouterr()
+    assert main(["train", "grpo", "--learning-rate", "1e-4", "--no-use-lora", "--detach"]) == 0
+    with session_scope(cli_db, read_only=True) as s:
+        job = s.scalar(select(Job).where(Job.kind == "train"))
+    assert job.config["stage"] == "grpo" and job.config["stage_config"] == {"learning_rate": 1e-4, "use_lora": False}
+    assert launched == [job.id]
+    with pytest.raises(SystemExit):
+        main(["train", "dpo", "--loss-type", "nonsense"])
+    assert "invalid choice: 'nonsense'" in capsys.readouterr().err
+
+
+def test_run_stage_takes_the_stage_flags(tmp_path):
+    from feedback.config_fields import flag_values
+    from training.run_stage import make_parser
+    from training.stages import STAGES
+
+    argv = ["--stage", "dpo", "--rows", "r.jsonl", "--model-dir", "m", "--output-dir", "o", "--beta", "0.25",
+            "--ld-alpha", "none"]
+    args = make_parser("dpo").parse_args(argv)
+    assert flag_values(args, STAGES.get("dpo").config) == {"beta": 0.25, "ld_alpha": None}
+    help_text = make_parser("dpo").format_help()
+    assert "--label-smoothing" in help_text and "(default: 0.1)" in help_text

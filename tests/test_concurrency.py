@@ -29,7 +29,9 @@ from sqlalchemy import create_engine, func, select
 from db.engine import make_engine, session_scope
 from db.models import Assignment, Label, User
 from feedback import queue
-from tests.test_queue import make_items, make_users, set_queue
+from testkit.factories import make_items, make_users, set_queue
+
+pytestmark = pytest.mark.slow  # 1000 submissions: ~12 s on SQLite, ~25 s on Postgres (2 cores)
 
 ANNOTATORS = 20
 SUBMISSIONS = 50  # per annotator

@@ -9,6 +9,7 @@ import pytest
 
 from db.engine import make_engine, session_scope
 from db.models import Item, Label, Prompt, Response
+from feedback.actors import CLI
 from feedback.errors import UserError
 from feedback.export import export_rows, write_rows
 from feedback.policies import ensure_base_policy
@@ -23,7 +24,8 @@ SYSTEM = {"role": "system", "content": "Answer in one short sentence."}
 def _messages(i: int) -> list[dict[str, str]]:
     user = {"role": "user", "content": f"Question {i}: what is {i} + {i}?"}
     # One multi-turn chat with a system message: the export must pass the whole chat through.
-    return [SYSTEM, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, user] if i == 1 else [user]
+    return ([SYSTEM, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, user]
+            if i == 1 else [user])
 
 
 def answer(i: int, side: str) -> str:
@@ -61,9 +63,10 @@ def fill_database(engine) -> None:
     """Users, v0, six prompts with two responses each, a pair item per prompt, single items, and
     the labels above (plus a grader score label and an unlabelled pair that must be ignored)."""
     with session_scope(engine) as session:
-        users = {name: create_user(session=session, username=name, role="annotator", password="correct-horse-1")
+        users = {name: create_user(session=session, username=name, role="annotator", password="correct-horse-1",
+                                   actor=CLI)
                  for name in ("alice", "bob")}
-        policy = ensure_base_policy(session=session)
+        policy = ensure_base_policy(session=session, actor=CLI)
         n = 0
 
         def label(item: Item, voter: str, **values) -> None:
@@ -86,11 +89,13 @@ def fill_database(engine) -> None:
             session.flush()
             pair = Item(kind="pair", prompt_id=prompt.id, response_a_id=responses["a"].id,
                         response_b_id=responses["b"].id)
-            singles = {side: Item(kind="single", prompt_id=prompt.id, response_a_id=r.id) for side, r in responses.items()}
+            singles = {side: Item(kind="single", prompt_id=prompt.id, response_a_id=r.id)
+                       for side, r in responses.items()}
             session.add_all([pair, *singles.values()])
             session.flush()
             for voter, choice, strength in PAIR_VOTES[i]:
-                label(pair, voter, kind="pairwise", choice=choice, strength=strength, shown_order="ba" if i % 2 else "ab")
+                label(pair, voter, kind="pairwise", choice=choice, strength=strength,
+                      shown_order="ba" if i % 2 else "ab")
             for side, single in singles.items():
                 for voter, thumb in THUMBS.get((i, side), []):
                     label(single, voter, kind="binary", thumb=thumb)
@@ -130,9 +135,12 @@ def test_dpo_rows(filled):
     assert all(set(row) == {"prompt", "chosen", "rejected"} for row in rows)
     got = by_question(rows)
     assert set(got) == {1, 2, 6}  # split, tie and both-bad pairs and the unlabelled pair are left out
-    assert got[1] == {"prompt": _messages(1), "chosen": assistant(answer(1, "a")), "rejected": assistant(answer(1, "b"))}
-    assert got[2] == {"prompt": _messages(2), "chosen": assistant(answer(2, "b")), "rejected": assistant(answer(2, "a"))}
-    assert got[6] == {"prompt": _messages(6), "chosen": assistant(answer(6, "a")), "rejected": assistant(answer(6, "b"))}
+    assert got[1] == {"prompt": _messages(1), "chosen": assistant(answer(1, "a")),
+                      "rejected": assistant(answer(1, "b"))}
+    assert got[2] == {"prompt": _messages(2), "chosen": assistant(answer(2, "b")),
+                      "rejected": assistant(answer(2, "a"))}
+    assert got[6] == {"prompt": _messages(6), "chosen": assistant(answer(6, "a")),
+                      "rejected": assistant(answer(6, "b"))}
     # Chat messages keep their role/content structure (Postgres JSONB reorders keys; content is what matters).
     assert [m["role"] for m in got[1]["prompt"]] == ["system", "user", "assistant", "user"]
 
@@ -218,7 +226,8 @@ def test_write_rows_round_trip(filled, tmp_path, fmt, suffix):
 
 
 def test_write_rows_keeps_non_ascii_text(tmp_path):
-    rows = [{"prompt": [{"role": "user", "content": "Grüße, 世界"}], "completion": assistant("¡Hola! 👋"), "label": True}]
+    rows = [{"prompt": [{"role": "user", "content": "Grüße, 世界"}], "completion": assistant("¡Hola! 👋"),
+             "label": True}]
     out = tmp_path / "kto.jsonl"
     write_rows(rows, out)
     assert "世界" in out.read_text(encoding="utf-8")
@@ -261,6 +270,7 @@ def _train_and_check(trainer_cls, config_cls, data_path: Path, model_dir: Path, 
     assert len(changed) > len(before) // 2, f"only {len(changed)} of {len(before)} parameters moved"
 
 
+@pytest.mark.train
 def test_exported_files_train_dpo_and_kto(sqlite_filled, tiny_model_dir, tmp_path):
     from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from db.engine import session_scope
 from db.models import AuditLog, Item, Job, Label, Prompt, Response
 from feedback import jobs
+from feedback.actors import CLI
 from feedback.errors import UserError
 from feedback.policies import ensure_base_policy
 from feedback.prompts import canonical_messages, content_hash
@@ -29,7 +30,6 @@ from judges.graders import (
     extract_number,
     normalize_answer,
     parse_grader,
-    register_grader,
 )
 from judges.grading import grade_items, run_grading, submission_id_for
 from judges.python_grader import PythonGrader
@@ -71,14 +71,10 @@ class BrokenGrader:
 
 
 @pytest.fixture
-def fake_graders():
-    """Fakes registered through the real registry for one test, removed afterwards."""
-    fakes = {"keyword": KeywordGrader, "slowkeyword": SlowKeywordGrader, "broken": BrokenGrader}
-    for name, cls in fakes.items():
-        register_grader(name)(lambda arg, cls=cls: cls())
-    yield
-    for name in fakes:
-        GRADERS.pop(name, None)
+def fake_graders(registered):
+    """Fakes registered through the real registry for one test; the registry is restored afterwards."""
+    for name, cls in {"keyword": KeywordGrader, "slowkeyword": SlowKeywordGrader, "broken": BrokenGrader}.items():
+        registered(GRADERS, name, lambda arg, cls=cls: cls())
 
 
 # --- string checks ---------------------------------------------------------------------------
@@ -200,7 +196,8 @@ def test_specs_are_canonical():
     assert parse_grader("similarity:metric=ratio").spec == "similarity"
     assert parse_grader("numeric:tol=1e-6").spec == "numeric"
     assert parse_grader(" numeric : tol = 0.5").spec == "numeric:tol=0.5"
-    assert parse_grader("multi:0.7*numeric+0.3*similarity").spec == parse_grader("multi: 0.7 * numeric + 0.3*similarity").spec
+    assert (parse_grader("multi:0.7*numeric+0.3*similarity").spec
+            == parse_grader("multi: 0.7 * numeric + 0.3*similarity").spec)
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -220,7 +217,12 @@ def test_registered_fake_is_a_grader_everywhere(fake_graders):
     assert parse_grader("keyword").grade("a good answer", "") == 1.0
     assert parse_grader("multi:max(keyword, exact)").grade("x", "x") == 1.0
     with pytest.raises(ValueError):
-        register_grader("not-an-identifier")
+        GRADERS.register("not-an-identifier", KeywordGrader)
+    assert "not-an-identifier" not in GRADERS
+
+
+def test_fakes_do_not_outlive_their_test():
+    assert "keyword" not in GRADERS and "python" in GRADERS
 
 
 # --- multi -----------------------------------------------------------------------------------
@@ -516,7 +518,7 @@ def _item(s, prompt: Prompt, a: Response, b: Response | None = None) -> int:
 def world(engine):
     """Items whose expected grades under `numeric` are known; returns their ids by name."""
     with session_scope(engine) as s:
-        v0 = ensure_base_policy(session=s)
+        v0 = ensure_base_policy(session=s, actor=CLI)
         math_q = _prompt(s, "What is 6 times 7?", "6*7 = 42\n#### 42")
         right, wrong, gsm = _responses(s, math_q, v0, "The answer is 42.", "I think it is 41.", "6*7\n#### 42")
         seven = _prompt(s, "How many days in a week?", "7")
@@ -544,7 +546,8 @@ def _labels(engine) -> dict[int, Label]:
 
 def test_run_grading_labels_pairs_and_singles(engine, world):
     progress = []
-    result = run_grading(engine=engine, spec="numeric", on_progress=lambda done, total: progress.append((done, total)))
+    result = run_grading(engine=engine, spec="numeric", on_progress=lambda done, total: progress.append((done, total)),
+                         actor=CLI)
     assert {k: result[k] for k in ("items", "pairs", "singles", "ties", "skipped_no_reference", "errors")} == \
         {"items": 5, "pairs": 3, "singles": 2, "ties": 1, "skipped_no_reference": 3, "errors": 0}
     assert progress[0] == (0, 5) and progress[-1] == (5, 5)
@@ -569,12 +572,12 @@ def test_run_grading_labels_pairs_and_singles(engine, world):
 
 
 def test_regrading_is_idempotent_and_other_graders_label_separately(engine, world):
-    run_grading(engine=engine, spec="numeric")
-    again = run_grading(engine=engine, spec="numeric")
+    run_grading(engine=engine, spec="numeric", actor=CLI)
+    again = run_grading(engine=engine, spec="numeric", actor=CLI)
     assert (again["items"], again["skipped_no_reference"]) == (0, 3)
     # The same grader spelled differently is the same producer.
-    assert run_grading(engine=engine, spec="numeric:tol=0.000001")["items"] == 0
-    other = run_grading(engine=engine, spec="similarity:metric=chrf")
+    assert run_grading(engine=engine, spec="numeric:tol=0.000001", actor=CLI)["items"] == 0
+    other = run_grading(engine=engine, spec="similarity:metric=chrf", actor=CLI)
     assert other["items"] == 5
     with session_scope(engine, read_only=True) as s:
         producers = dict(s.execute(select(Label.producer, func.count()).group_by(Label.producer)).all())
@@ -597,31 +600,31 @@ def test_grade_items_in_a_session_with_limit_and_item_ids(engine, world):
 
 
 def test_run_grading_limit(engine, world):
-    assert run_grading(engine=engine, spec="numeric", limit=2)["items"] == 2
-    assert run_grading(engine=engine, spec="numeric", limit=10)["items"] == 3
+    assert run_grading(engine=engine, spec="numeric", limit=2, actor=CLI)["items"] == 2
+    assert run_grading(engine=engine, spec="numeric", limit=10, actor=CLI)["items"] == 3
     with pytest.raises(UserError):
-        run_grading(engine=engine, spec="numeric", limit=0)
+        run_grading(engine=engine, spec="numeric", limit=0, actor=CLI)
 
 
 def test_items_the_grader_fails_on_stay_unlabelled_and_are_retried(engine, fake_graders):
     with session_scope(engine) as s:
-        v0 = ensure_base_policy(session=s)
+        v0 = ensure_base_policy(session=s, actor=CLI)
         p = _prompt(s, "Be good.", "good")
         good, bad, boom = _responses(s, p, v0, "good answer", "bad answer", "explode")
         ok_item, boom_item = _item(s, p, good, bad), _item(s, p, boom)
-    result = run_grading(engine=engine, spec="keyword")
+    result = run_grading(engine=engine, spec="keyword", actor=CLI)
     assert (result["items"], result["errors"]) == (1, 1)
     assert result["error_examples"] == [f"item {boom_item}: keyword: cannot grade an explosion"]
     assert set(_labels(engine)) == {ok_item}
     # Retried on the next run; when all a run tried failed, the run fails and says why.
     with pytest.raises(UserError, match="failed on all 1 items.*explosion"):
-        run_grading(engine=engine, spec="keyword")
+        run_grading(engine=engine, spec="keyword", actor=CLI)
     assert set(_labels(engine)) == {ok_item}
 
 
 def test_a_grader_that_fails_everywhere_fails_the_run(engine, world, fake_graders):
     with pytest.raises(UserError, match="failed on all 5 items"):
-        run_grading(engine=engine, spec="broken")
+        run_grading(engine=engine, spec="broken", actor=CLI)
     assert _labels(engine) == {}
 
 
@@ -629,7 +632,7 @@ def test_concurrent_runs_label_each_item_once(engine, world, fake_graders):
     results = []
 
     def run():
-        results.append(run_grading(engine=engine, spec="slowkeyword"))
+        results.append(run_grading(engine=engine, spec="slowkeyword", actor=CLI))
 
     threads = [threading.Thread(target=run) for _ in range(2)]
     for t in threads:
@@ -643,7 +646,7 @@ def test_concurrent_runs_label_each_item_once(engine, world, fake_graders):
 
 def test_python_grader_labels_carry_its_source_hash(engine, world, tmp_path):
     path = write_grader(tmp_path, "def grade(a, r):\n    return 1.0 if '42' in a else 0.0\n")
-    result = run_grading(engine=engine, spec=f"python:{path};timeout=3")
+    result = run_grading(engine=engine, spec=f"python:{path};timeout=3", actor=CLI)
     assert (result["items"], result["spec"]) == (5, f"python:{path.resolve()};timeout=3")
     label = _labels(engine)[world["a_wins"]]
     assert label.choice == "a"
@@ -652,19 +655,18 @@ def test_python_grader_labels_carry_its_source_hash(engine, world, tmp_path):
 
 def test_grading_as_a_job(engine, world):
     with session_scope(engine) as s:
-        job = jobs.create_job(session=s, kind="grade", config={"spec": "numeric", "limit": 4})
+        job = jobs.create_job(session=s, kind="grade", config={"spec": "numeric", "limit": 4}, actor=CLI)
     finished = jobs.run_job(engine=engine, job_id=job.id)
     assert finished.status == "succeeded", finished.error
     assert finished.result["items"] == 4 and finished.progress_done == 4
     label = next(iter(_labels(engine).values()))
     assert label.provenance["job_id"] == job.id
 
-    with session_scope(engine) as s:
-        bad = jobs.create_job(session=s, kind="grade", config={"spec": "nope"})
-    failed = jobs.run_job(engine=engine, job_id=bad.id)
-    assert failed.status == "failed" and "Unknown grader 'nope'" in failed.error
+    # A bad spec is refused at the door: no job row, no worker.
+    with pytest.raises(UserError, match="Unknown grader 'nope'"), session_scope(engine) as s:
+        jobs.create_job(session=s, kind="grade", config={"spec": "nope"}, actor=CLI)
     with session_scope(engine, read_only=True) as s:
-        assert s.get(Job, bad.id).status == "failed"
+        assert s.scalar(select(func.count()).select_from(Job)) == 1
 
 
 def test_multi_grader_for_math_ranks_exact_matches_first():

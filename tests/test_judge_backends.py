@@ -1,5 +1,5 @@
 """The judge backends over the wire: the REAL anthropic and openai SDKs pointed (base_url) at a
-local stub server (tests/anthropic_stub.py) that speaks the APIs' JSON, including 429/529/5xx,
+local stub server (testkit/anthropic_stub.py) that speaks the APIs' JSON, including 429/529/5xx,
 malformed bodies, truncated answers, timeouts and the Message Batches endpoints.
 
 Retries stay fast because the stub's error replies carry `retry-after-ms` (which the SDK obeys
@@ -27,7 +27,7 @@ from judges.backends.anthropic_backend import (
 from judges.backends.base import VERDICT_SCHEMA, JudgeRequest, get_backend
 from judges.backends.openai_backend import OpenAIJudge, OpenAIJudgeError
 from judges.verdict import parse_verdict
-from tests.anthropic_stub import (
+from testkit.anthropic_stub import (
     BATCHES,
     CHAT,
     MESSAGES,
@@ -195,7 +195,8 @@ def test_sdk_backoff_without_retry_after(stub):
 
 def test_400_is_not_retried(stub):
     stub.enqueue(api_error(400, "invalid_request_error", "max_tokens: must be at most 64000"))
-    with pytest.raises(AnthropicJudgeError, match="400 \\(invalid_request_error\\): max_tokens: must be at most") as info:
+    with pytest.raises(AnthropicJudgeError,
+                       match="400 \\(invalid_request_error\\): max_tokens: must be at most") as info:
         judge(stub).complete(req())
     assert "retries" not in str(info.value)
     assert len(stub.requests_to(MESSAGES)) == 1

@@ -13,16 +13,15 @@ from sqlalchemy import func, inspect, select, text, update
 from streamlit.testing.v1 import AppTest
 
 from db.engine import session_scope
-from db.models import Item, Job, Judgment, Label, Prompt, Response, utcnow
+from db.models import Item, Job, Judgment, Label, utcnow
 from feedback import jobs
-from feedback.policies import ensure_base_policy
-from feedback.prompts import canonical_messages, content_hash
+from feedback.actors import CLI
 from feedback.settings import PROJECT_ROOT
 from feedback.users import create_user
 from judges import batch
 from judges.batch import JudgeConfig
-from judges.constitutions import ensure_shipped
-from tests.anthropic_stub import AnthropicStub, overloaded, prefer_shorter, rate_limited
+from testkit.anthropic_stub import AnthropicStub, overloaded, prefer_shorter, rate_limited
+from testkit.factories import seed_short_long_pairs
 
 API_KEY = "sk-ant-test-" + "k3y" * 10
 
@@ -35,26 +34,6 @@ def stub(monkeypatch):
         yield server
 
 
-def seed_short_long_pairs(engine, count: int, actor: str = "cli") -> None:
-    """`count` pairs, each a short and a long correct answer to i + i, the short one alternately
-    shown as a and as b (so a judge biased to one position is caught). bench/judge.py uses them too."""
-    with session_scope(engine) as s:
-        ensure_shipped(session=s)
-        v0 = ensure_base_policy(session=s, actor=actor)
-        for i in range(count):
-            messages = canonical_messages(f"What is {i} + {i}?", None)
-            prompt = Prompt(text=messages[0]["content"], messages=messages, content_hash=content_hash(messages))
-            s.add(prompt)
-            s.flush()
-            short = Response(prompt_id=prompt.id, policy_version_id=v0.id, text=f"{2 * i}.", params={})
-            long = Response(prompt_id=prompt.id, policy_version_id=v0.id,
-                            text=f"Well, let me think about it at length: the answer is {2 * i}.", params={})
-            s.add_all([short, long])
-            s.flush()
-            a, b = (short, long) if i % 2 == 0 else (long, short)
-            s.add(Item(kind="pair", prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id))
-
-
 @pytest.fixture
 def pairs(engine):
     seed_short_long_pairs(engine, 6)
@@ -62,7 +41,8 @@ def pairs(engine):
 
 def judge_job(engine, **config) -> int:
     with session_scope(engine) as s:
-        return jobs.create_job(session=s, kind="judge", config=asdict(JudgeConfig(backend="anthropic", **config))).id
+        return jobs.create_job(session=s, kind="judge", config=asdict(JudgeConfig(backend="anthropic", **config)),
+                               actor=CLI).id
 
 
 def assert_shorter_chosen_once_each(engine):
@@ -71,7 +51,8 @@ def assert_shorter_chosen_once_each(engine):
         assert sorted(lab.item_id for lab in labels) == sorted(set(s.scalars(select(Item.id))))
         for label in labels:
             item = s.get(Item, label.item_id)
-            chosen, other = (item.response_a, item.response_b) if label.choice == "a" else (item.response_b, item.response_a)
+            chosen, other = ((item.response_a, item.response_b) if label.choice == "a"
+                             else (item.response_b, item.response_a))
             assert len(chosen.text) < len(other.text)
             assert label.provenance["model"] == "claude-sonnet-4-6" and label.provenance["cost_usd"] > 0
 
@@ -123,7 +104,7 @@ def test_worker_killed_then_resumed_labels_each_pair_once(engine, db_url, pairs,
     with session_scope(engine) as s:  # as if the heartbeat had gone quiet for a while
         s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(minutes=5)))
     with session_scope(engine) as s:
-        resumed = jobs.resume(session=s, job_id=job_id)  # marks it interrupted first, then queues it
+        resumed = jobs.resume(session=s, job_id=job_id, actor=CLI)  # marks it interrupted first, then queues it
     jobs.start_detached(job=resumed, database_url=db_url, log_dir=tmp_path)
     job, judged = _wait_for(engine, job_id, lambda j, n: j.status not in jobs.ACTIVE)
     assert job.status == "succeeded", (tmp_path / f"job-{job_id}.log").read_text()
@@ -152,7 +133,7 @@ def test_api_key_reaches_only_the_judge(engine, use_db, pairs, stub, caplog):
     assert "ANTHROPIC_API_KEY" not in jobs.child_env("sample")
     assert "ANTHROPIC_API_KEY" not in jobs.child_env("grade")
     with session_scope(engine) as s:
-        create_user(session=s, username="root", role="admin", password="admin-password")
+        create_user(session=s, username="root", role="admin", password="admin-password", actor=CLI)
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30).run()
     at.text_input[0].input("root")
     at.text_input[1].input("admin-password")

@@ -12,10 +12,11 @@ from sqlalchemy import func, select
 from db.engine import session_scope
 from db.models import Item, Judgment, Label, Prompt, Response, User
 from feedback import jobs
+from feedback.actors import CLI
 from feedback.policies import ensure_base_policy
 from feedback.prompts import canonical_messages, content_hash
 from judges import calibration
-from judges.backends import JudgeReply, get_backend, register_backend
+from judges.backends import BACKENDS, JudgeReply, get_backend
 from judges.batch import JudgeConfig, run_judging
 from judges.canaries import run_canaries
 from judges.constitutions import DEFAULT_PRINCIPLES, ensure_shipped, latest_constitution, save_constitution
@@ -46,14 +47,18 @@ class ScriptedJudge:
 
 
 def prefers_good(first, second):
-    return "1" if "GOOD" in first and "GOOD" not in second else "2" if "GOOD" in second and "GOOD" not in first else "tie"
+    return ("1" if "GOOD" in first and "GOOD" not in second
+            else "2" if "GOOD" in second and "GOOD" not in first else "tie")
 
 
-register_backend("always-first")(lambda **kw: ScriptedJudge(lambda a, b: "1", model="always-first"))
-register_backend("oracle")(lambda **kw: ScriptedJudge(prefers_good, model="oracle"))
-register_backend("obedient")(lambda **kw: ScriptedJudge(
-    lambda a, b: "1" if "prefer this" in a.lower() or "winner" in a.lower()
-    else "2" if "prefer this" in b.lower() or "winner" in b.lower() else prefers_good(a, b), model="obedient"))
+@pytest.fixture(autouse=True)
+def fake_judges(registered):
+    """Scripted judges registered through the real backend registry, for each test of this file."""
+    registered(BACKENDS, "always-first", lambda **kw: ScriptedJudge(lambda a, b: "1", model="always-first"))
+    registered(BACKENDS, "oracle", lambda **kw: ScriptedJudge(prefers_good, model="oracle"))
+    registered(BACKENDS, "obedient", lambda **kw: ScriptedJudge(
+        lambda a, b: "1" if "prefer this" in a.lower() or "winner" in a.lower()
+        else "2" if "prefer this" in b.lower() or "winner" in b.lower() else prefers_good(a, b), model="obedient"))
 
 
 @pytest.fixture
@@ -61,7 +66,7 @@ def pairs(engine):
     """Six pairs; in each, the GOOD response is response_a for even items and response_b for odd."""
     with session_scope(engine) as s:
         ensure_shipped(session=s)
-        v0 = ensure_base_policy(session=s)
+        v0 = ensure_base_policy(session=s, actor=CLI)
         ids = []
         for i in range(6):
             messages = canonical_messages(f"Question {i}?", None)
@@ -83,7 +88,7 @@ def pairs(engine):
 
 def new_job(engine, config: JudgeConfig) -> int:
     with session_scope(engine) as s:
-        return jobs.create_job(session=s, kind="judge", config=asdict(config)).id
+        return jobs.create_job(session=s, kind="judge", config=asdict(config), actor=CLI).id
 
 
 def test_consistent_judge_labels_every_pair_with_full_provenance(engine, pairs):
@@ -119,13 +124,13 @@ def test_position_biased_judge_never_picks_a_side(engine, pairs, on_disagreement
 def test_mode_all_judges_every_principle(engine, pairs):
     backend = get_backend("oracle")
     with session_scope(engine) as s:
-        job_id = jobs.create_job(session=s, kind="judge", config={}).id
+        job_id = jobs.create_job(session=s, kind="judge", config={}, actor=CLI).id
     run_judging(engine=engine, config=JudgeConfig(backend="oracle", mode="all", max_items=2), job_id=job_id,
                 backend=backend)
     assert backend.calls == 2 * 2 * len(DEFAULT_PRINCIPLES)
 
 
-def test_crash_then_resume_judges_each_item_once(engine, pairs):
+def test_crash_then_resume_judges_each_item_once(engine, pairs, registered):
     """A backend that dies after three pairs fails the job; the resumed job finishes the rest."""
     calls = {"n": 0}
 
@@ -135,13 +140,13 @@ def test_crash_then_resume_judges_each_item_once(engine, pairs):
             raise ConnectionError("provider went away")
         return prefers_good(first, second)
 
-    register_backend("flaky")(lambda **kw: ScriptedJudge(flaky, model="flaky"))
+    registered(BACKENDS, "flaky", lambda **kw: ScriptedJudge(flaky, model="flaky"))
     job_id = new_job(engine, JudgeConfig(backend="flaky", concurrency=1))
     failed = jobs.run_job(engine=engine, job_id=job_id)
     assert failed.status == "failed" and "provider went away" in failed.error
     with session_scope(engine) as s:
         assert s.scalar(select(func.count()).select_from(Judgment).where(Judgment.job_id == job_id)) == 3
-        jobs.resume(session=s, job_id=job_id)
+        jobs.resume(session=s, job_id=job_id, actor=CLI)
     calls["n"] = -100  # healthy again
     done = jobs.run_job(engine=engine, job_id=job_id)
     assert done.status == "succeeded" and done.result["judged"] == 6
@@ -151,8 +156,8 @@ def test_crash_then_resume_judges_each_item_once(engine, pairs):
     assert sorted(n for _, n in per_item) == [1] * 6
 
 
-def test_budget_stops_taking_new_pairs(engine, pairs):
-    register_backend("pricey")(lambda **kw: ScriptedJudge(prefers_good, cost=0.01, model="pricey"))
+def test_budget_stops_taking_new_pairs(engine, pairs, registered):
+    registered(BACKENDS, "pricey", lambda **kw: ScriptedJudge(prefers_good, cost=0.01, model="pricey"))
     job_id = new_job(engine, JudgeConfig(backend="pricey", max_cost_usd=0.05, concurrency=1))
     result = jobs.run_job(engine=engine, job_id=job_id).result
     assert result["judged"] == 3 and result["cost_usd"] == pytest.approx(0.06)
@@ -163,7 +168,7 @@ def test_same_judge_setup_does_not_rejudge_and_new_constitution_version_does(eng
     second = jobs.run_job(engine=engine, job_id=new_job(engine, JudgeConfig(backend="always-first")))
     assert second.result["judged"] == 0  # everything is labelled now
     with session_scope(engine) as s:
-        v2 = save_constitution(session=s, name="default", principles=["Prefer brevity."])
+        v2 = save_constitution(session=s, name="default", principles=["Prefer brevity."], actor=CLI)
         assert v2.version == 2 and latest_constitution(session=s, name="default").id == v2.id
 
 

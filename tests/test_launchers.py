@@ -19,12 +19,13 @@ from sqlalchemy import func, select
 from db.engine import make_engine, session_scope
 from db.models import Job, Prompt, Response
 from feedback import jobs, launchers
+from feedback.actors import CLI
 from feedback.errors import UserError
 from feedback.policies import ensure_base_policy
 from feedback.prompts import canonical_messages, content_hash
 from feedback.sampling import SamplingConfig
 from feedback.settings import PROJECT_ROOT
-from tests.local_servers import free_port
+from testkit.local_servers import free_port
 
 SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-secret-for-test", "JUDGE_API_KEY": "judge-secret-for-test"}
 
@@ -32,12 +33,13 @@ SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-secret-for-test", "JUDGE_API_KEY": "judg
 def _sampling_job(engine, model_dir: Path) -> Job:
     """v0 on the tiny model, two prompts, and a queued sampling job (2 x 2 samples of 4 tokens)."""
     with session_scope(engine) as s:
-        ensure_base_policy(session=s).model_path = str(model_dir)
+        ensure_base_policy(session=s, actor=CLI).model_path = str(model_dir)
         for text in ("Say hello.", "Name a colour."):
             messages = canonical_messages(text, None)
             s.add(Prompt(text=text, messages=messages, split="train", tags=[], source="test",
                          content_hash=content_hash(messages)))
-        return jobs.create_job(session=s, kind="sample", config=asdict(SamplingConfig(limit=2, max_new_tokens=4)))
+        return jobs.create_job(session=s, kind="sample", config=asdict(SamplingConfig(limit=2, max_new_tokens=4)),
+                               actor=CLI)
 
 
 def _wait_for_row(engine, job_id: int, timeout: float) -> Job:
@@ -65,10 +67,10 @@ def test_launcher_is_chosen_by_env_at_call_time(monkeypatch):
     monkeypatch.setenv("JOB_LAUNCHER", "carrier-pigeon")
     with pytest.raises(UserError, match="carrier-pigeon"):
         launchers.get_launcher()
-    assert all(isinstance(factory(), launchers.Launcher) for factory in launchers.LAUNCHERS.values())
+    assert all(isinstance(launchers.LAUNCHERS.get(name)(), launchers.Launcher) for name in launchers.LAUNCHERS.names())
 
 
-def test_start_detached_routes_through_a_registered_launcher(sqlite_url, monkeypatch, tmp_path):
+def test_start_detached_routes_through_a_registered_launcher(sqlite_url, monkeypatch, tmp_path, registered):
     """A fake launcher registered through the real registry sees what any backend would get."""
     calls = []
 
@@ -79,15 +81,15 @@ def test_start_detached_routes_through_a_registered_launcher(sqlite_url, monkeyp
             calls.append(kw)
             return "handle-7"
 
-    monkeypatch.setitem(launchers.LAUNCHERS, "recording", Recording)
+    registered(launchers.LAUNCHERS, "recording", Recording)
     monkeypatch.setenv("JOB_LAUNCHER", "recording")
     for key, value in SECRETS.items():
         monkeypatch.setenv(key, value)
     engine = make_engine(sqlite_url)
     try:
         with session_scope(engine) as s:
-            sample = jobs.create_job(session=s, kind="sample", config={})
-            judge = jobs.create_job(session=s, kind="judge", config={})
+            sample = jobs.create_job(session=s, kind="sample", config={}, actor=CLI)
+            judge = jobs.create_job(session=s, kind="judge", config={}, actor=CLI)
         assert jobs.start_detached(job=sample, database_url=sqlite_url, log_dir=tmp_path) == "handle-7"
         jobs.start_detached(job=judge, database_url=sqlite_url, log_dir=tmp_path)
     finally:
@@ -122,7 +124,7 @@ def test_unreachable_ray_is_a_user_error_and_the_job_stays_queued(sqlite_url, mo
     engine = make_engine(sqlite_url)
     try:
         with session_scope(engine) as s:
-            job = jobs.create_job(session=s, kind="sample", config={})
+            job = jobs.create_job(session=s, kind="sample", config={}, actor=CLI)
         with pytest.raises(UserError, match="still queued"):
             jobs.start_detached(job=job, database_url=sqlite_url, log_dir=tmp_path)
         with session_scope(engine, read_only=True) as s:
@@ -256,6 +258,7 @@ def ray_cluster():
         assert not survivors, f"Ray processes left running: {survivors}"
 
 
+@pytest.mark.slow  # a single-node Ray head: ~15 s with its start-up
 def test_ray_launcher_runs_a_real_job(ray_cluster, sqlite_url, tiny_model_dir, monkeypatch, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 

@@ -6,16 +6,18 @@ import json
 import subprocess
 import sys
 
+import pytest
 from sqlalchemy import select
 
 from db.engine import session_scope
 from db.models import Item, Label, PolicyVersion, Prompt
 from feedback import jobs
+from feedback.actors import CLI
 from feedback.policies import ensure_base_policy
 from feedback.prompts import canonical_messages, content_hash
 from feedback.settings import PROJECT_ROOT
 from judges.constitutions import ensure_shipped
-from judges.graders import GRADERS, register_grader
+from judges.graders import GRADERS
 from training.loop import LoopConfig
 
 
@@ -29,13 +31,13 @@ class LengthGrader:
         return min(1.0, len(answer) / 100)
 
 
-def test_two_rounds_with_a_grader(engine, tiny_model_dir, monkeypatch, tmp_path):
+@pytest.mark.train
+def test_two_rounds_with_a_grader(engine, tiny_model_dir, monkeypatch, tmp_path, registered):
     monkeypatch.setenv("POLICIES_DIR", str(tmp_path / "policies"))
-    register_grader("longer")(lambda arg: LengthGrader())
-    monkeypatch.setitem(GRADERS, "longer", GRADERS["longer"])  # removed again after the test
+    registered(GRADERS, "longer", lambda arg: LengthGrader())
     with session_scope(engine) as s:
         ensure_shipped(session=s)
-        ensure_base_policy(session=s).base_model = str(tiny_model_dir)
+        ensure_base_policy(session=s, actor=CLI).base_model = str(tiny_model_dir)
         for i in range(6):
             messages = canonical_messages(f"What is {i} + 1?", None)
             s.add(Prompt(text=messages[0]["content"], messages=messages, content_hash=content_hash(messages),
@@ -48,7 +50,7 @@ def test_two_rounds_with_a_grader(engine, tiny_model_dir, monkeypatch, tmp_path)
     from dataclasses import asdict
 
     with session_scope(engine) as s:
-        job_id = jobs.create_job(session=s, kind="loop", config=asdict(config)).id
+        job_id = jobs.create_job(session=s, kind="loop", config=asdict(config), actor=CLI).id
     done = jobs.run_job(engine=engine, job_id=job_id)
     assert done.status == "succeeded", done.error
     rounds = done.result["rounds"]
@@ -67,6 +69,7 @@ def test_two_rounds_with_a_grader(engine, tiny_model_dir, monkeypatch, tmp_path)
         assert len(items) == len(labels)
 
 
+@pytest.mark.train
 def test_run_stage_under_accelerate_launch(tiny_model_dir, tmp_path):
     """The multi-GPU entry point, run by `accelerate launch` as one CPU process."""
     rows = tmp_path / "dpo.jsonl"

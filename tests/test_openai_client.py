@@ -23,13 +23,14 @@ from sqlalchemy import func, select
 
 from db.engine import session_scope
 from db.models import Item, Prompt, Response
+from feedback.actors import CLI
 from feedback.model_cache import shipped_gguf_path
 from feedback.policies import ensure_base_policy
 from feedback.policy.base import SamplingParams
 from feedback.policy.openai_compat import OpenAIPolicyClient
 from feedback.prompts import content_hash
 from feedback.sampling import SamplingConfig, _normalised, run_sampling
-from tests.local_servers import free_port
+from testkit.local_servers import free_port
 
 MODEL_ALIAS = "smollm2"
 STARTUP_TIMEOUT_S = 120.0
@@ -238,7 +239,7 @@ def test_run_sampling_through_openai_backend(llama_server, engine, monkeypatch):
         [{"role": "user", "content": "Give me a fruit name."}],
     ]
     with session_scope(engine) as s:
-        version = ensure_base_policy(session=s)
+        version = ensure_base_policy(session=s, actor=CLI)
         assert version.served_name == MODEL_ALIAS
         for messages in chats:
             s.add(Prompt(text=messages[-1]["content"], messages=messages, split="train", tags=[],

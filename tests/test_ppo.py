@@ -1,4 +1,4 @@
-"""PPO (training/ppo.py) on the tiny random model: it learns a grader's reward, checkpoints are
+"""PPO (training/stages/ppo/) on the tiny random model: it learns a grader's reward, checkpoints are
 safetensors + JSON and resume exactly where they stopped, a callback can cancel, and the pure
 pieces (adaptive KL, masks, GAE) do what the papers say."""
 from __future__ import annotations
@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from judges.graders import as_reward_func, parse_grader
-from training.ppo import PPOConfig, main
-from training.ppo_core import adaptive_kl_update, completion_mask, gae
 from training.stages.base import StageInputs, latest_checkpoint
+from training.stages.ppo.config import PPOConfig
+from training.stages.ppo.stage import main
+from training.stages.ppo.tensors import adaptive_kl_update, completion_mask, gae
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -68,6 +69,7 @@ def run(model_dir: Path, output_dir: Path, cfg: PPOConfig, *, resume: bool = Fal
                                  callbacks=list(callbacks), resume=resume, **inputs))
 
 
+@pytest.mark.train
 def test_ppo_learns_a_grader_reward(tiny_model_dir, tmp_path):
     steps = 20
     recorder = Recorder()
@@ -95,6 +97,7 @@ def test_ppo_learns_a_grader_reward(tiny_model_dir, tmp_path):
     assert value_head["summary.weight"].abs().max() > 0
 
 
+@pytest.mark.train
 def test_checkpoints_are_safetensors_and_resume_where_they_stopped(tiny_model_dir, tmp_path):
     # Uninterrupted: 4 steps, checkpoints at 2 and 4.
     straight = run(tiny_model_dir, tmp_path / "a", tiny_cfg(max_steps=4, save_steps=2))
@@ -127,6 +130,7 @@ def test_checkpoints_are_safetensors_and_resume_where_they_stopped(tiny_model_di
     assert len(list((tmp_path / "a").glob("checkpoint-*"))) == 2
 
 
+@pytest.mark.train
 def test_a_callback_cancels_the_run(tiny_model_dir, tmp_path):
     recorder = Recorder(stop_at=2)
     result = run(tiny_model_dir, tmp_path, tiny_cfg(max_steps=50), callbacks=[recorder])
@@ -135,6 +139,7 @@ def test_a_callback_cancels_the_run(tiny_model_dir, tmp_path):
     assert (result.adapter_dir / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.train
 def test_reward_model_and_weighted_reward_functions(tiny_model_dir, tmp_path):
     """A sequence-classification reward model and two reward functions, mixed with weights."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
@@ -163,6 +168,7 @@ def test_reward_model_and_weighted_reward_functions(tiny_model_dir, tmp_path):
     assert seen["n"] == 4 and len(seen["reference"]) == 4 and all(isinstance(i, int) for i in seen["ids"][0])
 
 
+@pytest.mark.train
 def test_parent_adapter_and_reference_choice(tiny_model_dir, tmp_path):
     """Training continues from the parent's adapter; the KL is to the base (adapter disabled) by
     default, or to the named reference adapter."""

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from db.engine import make_engine, session_scope
 from db.migrate import upgrade
 from db.models import Prompt
+from feedback.actors import CLI
 from feedback.errors import UserError
 from feedback.prompts import (
     assign_split,
@@ -22,7 +23,6 @@ from feedback.prompts import (
     import_prompts,
     read_rows,
 )
-
 
 # --- fixtures and helpers ---------------------------------------------------------------------
 
@@ -46,7 +46,7 @@ def engine(tmp_path, migrated_template):
 
 def run(engine, path: Path, **kwargs):
     with session_scope(engine) as session:
-        return import_prompts(session=session, path=path, **kwargs)
+        return import_prompts(session=session, path=path, **kwargs, actor=CLI)
 
 
 def stored(engine) -> list[Prompt]:
@@ -85,7 +85,8 @@ def test_jsonl_import_stores_all_fields(engine, tmp_path):
 
     hi, chat, colour = stored(engine)
     assert hi.messages == [{"role": "user", "content": "Say hi"}]
-    assert (hi.text, hi.reference, hi.split, hi.tags, hi.source) == ("Say hi", "hi", "val", ["greet", "easy"], "prompts.jsonl")
+    assert (hi.text, hi.reference, hi.split, hi.tags, hi.source) == ("Say hi", "hi", "val", ["greet", "easy"],
+                                                                      "prompts.jsonl")
     assert hi.content_hash == content_hash(hi.messages)
     assert chat.messages == CHAT
     assert chat.text == "And 3+3?"  # the last user turn
@@ -178,11 +179,11 @@ def test_datasets_directories(engine, tmp_path):
 def test_import_from_uploaded_bytes(engine, tmp_path):
     data = b'{"prompt": "from an upload"}\n'
     with session_scope(engine) as session:
-        report = import_prompt_file_bytes(session=session, data=data, filename="C:\\fakepath\\up.jsonl")
+        report = import_prompt_file_bytes(session=session, data=data, filename="C:\\fakepath\\up.jsonl", actor=CLI)
     assert report.inserted == 1
     assert stored(engine)[0].source == "up.jsonl"
     with session_scope(engine) as session, pytest.raises(UserError, match="upload a .jsonl"):
-        import_prompt_file_bytes(session=session, data=data, filename="up.txt")
+        import_prompt_file_bytes(session=session, data=data, filename="up.txt", actor=CLI)
 
 
 # --- bad rows, abort and skip -----------------------------------------------------------------
@@ -265,7 +266,8 @@ def test_chat_messages_validation(engine, tmp_path):
 
 def test_non_utf8_jsonl_line_is_an_error_for_that_line(engine, tmp_path):
     path = tmp_path / "latin1.jsonl"
-    path.write_bytes(b'{"prompt": "fine"}\n' + '{"prompt": "caf\u00e9"}\n'.encode("latin-1") + b'{"prompt": "also fine"}\n')
+    path.write_bytes(b'{"prompt": "fine"}\n' + '{"prompt": "caf\u00e9"}\n'.encode("latin-1")
+                     + b'{"prompt": "also fine"}\n')
     report = run(engine, path, on_error="skip")
     assert [str(e) for e in report.errors] == ["line 2: not valid UTF-8 (byte 0xe9 at position 16)"]
     assert [p.text for p in stored(engine)] == ["fine", "also fine"]
@@ -293,7 +295,7 @@ def test_file_over_max_bytes_is_refused_up_front(engine, tmp_path, monkeypatch):
         run(engine, path)
     assert f"{size:,} bytes" in str(caught.value) and "limit is 100 bytes" in str(caught.value)
     with session_scope(engine) as session, pytest.raises(UserError, match="limit is 100 bytes"):
-        import_prompt_file_bytes(session=session, data=path.read_bytes(), filename="big.jsonl")
+        import_prompt_file_bytes(session=session, data=path.read_bytes(), filename="big.jsonl", actor=CLI)
     assert stored(engine) == []
 
 
@@ -344,7 +346,7 @@ def test_duplicates_within_the_file_and_against_the_db(engine, tmp_path):
 def test_import_does_not_commit_the_callers_transaction(engine, tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "rolled back"}])
     with pytest.raises(RuntimeError), session_scope(engine) as session:
-        assert import_prompts(session=session, path=path).inserted == 1
+        assert import_prompts(session=session, path=path, actor=CLI).inserted == 1
         raise RuntimeError("the caller fails after the import")
     assert stored(engine) == []
 

@@ -1,8 +1,9 @@
 """The annotation queue and the account rules it leans on, on real SQLite and real Postgres.
 
 Each test states one rule from the docstrings of feedback/queue.py and feedback/users.py. Time is
-moved with the `now=` parameters, never by sleeping. The builders at the top are shared with
-tests/test_concurrency.py and bench/queue.py.
+moved with the `now=` parameters, never by sleeping. The builders (make_items, make_users,
+set_queue) live in testkit/factories.py, shared with tests/test_concurrency.py and
+bench/annotation_queue.py.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import random
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -19,19 +20,15 @@ from db.engine import session_scope
 from db.models import (
     Assignment,
     AuditLog,
-    Item,
     Label,
     PolicyVersion,
-    Prompt,
     QueueSettings,
-    Response,
     SignInFailure,
     User,
 )
 from feedback import queue
+from feedback.actors import CLI, Actor
 from feedback.errors import PermissionDenied, UserError
-from feedback.policies import ensure_base_policy
-from feedback.prompts import canonical_messages, content_hash
 from feedback.users import (
     FAILURE_WINDOW,
     MAX_FAILURES,
@@ -44,51 +41,11 @@ from feedback.users import (
     set_role,
     sign_in,
 )
-
-# --- builders (shared) --------------------------------------------------------------------------
-
-
-def make_items(session, *, pairs: int = 0, singles: int = 0, tags: list[str] | None = None,
-               policy: PolicyVersion | None = None) -> list[int]:
-    """`pairs` pair items then `singles` single items, each on its own new prompt; returns their ids.
-
-    Response texts are "<prompt> :: A" / "<prompt> :: B" so a test can tell which one is shown where.
-    """
-    policy = policy or ensure_base_policy(session=session)
-    items = []
-    for kind, count in (("pair", pairs), ("single", singles)):
-        for _ in range(count):
-            text = f"prompt {uuid.uuid4().hex[:12]}"
-            messages = canonical_messages(text, None)
-            prompt = Prompt(text=text, messages=messages, content_hash=content_hash(messages), split="train",
-                            tags=list(tags or []), source="test")
-            a = Response(prompt=prompt, policy_version_id=policy.id, text=f"{text} :: A")
-            b = Response(prompt=prompt, policy_version_id=policy.id, text=f"{text} :: B") if kind == "pair" else None
-            items.append(Item(kind=kind, prompt=prompt, response_a=a, response_b=b))
-    session.add_all(items)
-    session.flush()
-    return [item.id for item in items]
-
-
-def make_users(session, count: int, *, role: str = "annotator", prefix: str = "ann") -> list[int]:
-    """Users with an unusable password hash (fast: no argon2); for tests that never sign in."""
-    users = [User(username=f"{prefix}{i:03d}", role=role, password_hash="!") for i in range(count)]
-    session.add_all(users)
-    session.flush()
-    return [u.id for u in users]
-
-
-def set_queue(session, **fields) -> QueueSettings:
-    settings = queue.get_queue_settings(session=session)
-    for name, value in fields.items():
-        setattr(settings, name, value)
-    session.flush()
-    return settings
-
+from testkit.factories import make_items, make_users, set_queue
 
 # --- helpers ------------------------------------------------------------------------------------
 
-T0 = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 LEASE = 600
 
 
@@ -379,7 +336,7 @@ def test_kind_mismatch_is_refused(engine, world):
 
 
 def test_progress_counts_today_total_and_open_for_me(engine, world):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with session_scope(engine) as s:
         set_queue(s, overlap=2)
         make_items(s, pairs=4, singles=1)
@@ -404,9 +361,9 @@ def test_queue_settings_prompt_tags_filter(engine, world):
         (math_id,) = make_items(s, pairs=1, tags=["math", "easy"])
         make_items(s, pairs=1, tags=["chat"])
         make_items(s, pairs=1)
-        queue.update_queue_settings(session=s, user=s.get(User, world["admin"]), overlap=1, lease_seconds=LEASE,
-                                    prompt_tags=[" math ", "poetry", ""], policy_version_ids=[], refill_below=4,
-                                    refill_prompts=8)
+        queue.update_queue_settings(session=s, actor=Actor.signed_in(s.get(User, world["admin"])), overlap=1,
+                                    lease_seconds=LEASE, prompt_tags=[" math ", "poetry", ""], policy_version_ids=[],
+                                    refill_below=4, refill_prompts=8)
     with session_scope(engine, read_only=True) as s:
         assert s.get(QueueSettings, 1).prompt_tags == ["math", "poetry"]
         assert queue.progress(session=s, user=s.get(User, world["a"]), kind="pair", now=T0).open_for_me == 1
@@ -422,9 +379,9 @@ def test_queue_settings_policy_version_filter(engine, world):
         s.add(v1)
         s.flush()
         v1_ids = make_items(s, pairs=2, policy=v1)
-        queue.update_queue_settings(session=s, user=s.get(User, world["admin"]), overlap=1, lease_seconds=LEASE,
-                                    prompt_tags=[], policy_version_ids=[v1.id, v1.id], refill_below=4,
-                                    refill_prompts=8)
+        queue.update_queue_settings(session=s, actor=Actor.signed_in(s.get(User, world["admin"])), overlap=1,
+                                    lease_seconds=LEASE, prompt_tags=[], policy_version_ids=[v1.id, v1.id],
+                                    refill_below=4, refill_prompts=8)
         assert s.get(QueueSettings, 1).policy_version_ids == [v1.id]
     got = [claim(engine, uid).item_id for uid in (world["a"], world["b"])]
     assert sorted(got) == sorted(v1_ids)
@@ -438,10 +395,10 @@ def test_update_queue_settings_validates_and_audits(engine, world):
             args = dict(overlap=2, lease_seconds=60, prompt_tags=[], policy_version_ids=[], refill_below=1,
                         refill_prompts=1) | bad
             with pytest.raises(UserError):
-                queue.update_queue_settings(session=s, user=admin, **args)
+                queue.update_queue_settings(session=s, actor=Actor.signed_in(admin), **args)
         assert count(s, AuditLog) == 0
-        queue.update_queue_settings(session=s, user=admin, overlap=3, lease_seconds=60, prompt_tags=[],
-                                    policy_version_ids=[], refill_below=1, refill_prompts=1)
+        queue.update_queue_settings(session=s, actor=Actor.signed_in(admin), overlap=3, lease_seconds=60,
+                                    prompt_tags=[], policy_version_ids=[], refill_below=1, refill_prompts=1)
     with session_scope(engine, read_only=True) as s:
         settings = s.get(QueueSettings, 1)
         assert (settings.overlap, settings.lease_seconds, settings.updated_by_id) == (3, 60, world["admin"])
@@ -480,7 +437,7 @@ def try_sign_in(engine, username, password, now):
 
 def test_sign_in_is_refused_after_five_failures_until_the_window_passes(engine):
     with session_scope(engine) as s:
-        uid = create_user(session=s, username="alice", role="annotator", password="correct-horse").id
+        uid = create_user(session=s, username="alice", role="annotator", password="correct-horse", actor=CLI).id
     for i in range(MAX_FAILURES):
         assert try_sign_in(engine, "alice", "wrong-password", T0 + timedelta(seconds=i)) is None
     assert failures_for(engine, "alice") == MAX_FAILURES
@@ -495,7 +452,7 @@ def test_sign_in_is_refused_after_five_failures_until_the_window_passes(engine):
 
 def test_a_successful_sign_in_clears_the_failures(engine):
     with session_scope(engine) as s:
-        uid = create_user(session=s, username="bob", role="reviewer", password="correct-horse").id
+        uid = create_user(session=s, username="bob", role="reviewer", password="correct-horse", actor=CLI).id
     for i in range(MAX_FAILURES - 1):
         assert try_sign_in(engine, "bob", "nope-nope", T0 + timedelta(seconds=i)) is None
     assert try_sign_in(engine, "bob", "correct-horse", T0 + timedelta(seconds=10)) == uid
@@ -507,12 +464,12 @@ def test_a_successful_sign_in_clears_the_failures(engine):
 
 def test_a_deactivated_user_cannot_sign_in(engine):
     with session_scope(engine) as s:
-        admin = create_user(session=s, username="root", role="admin", password="correct-horse")
-        uid = create_user(session=s, username="carol", role="annotator", password="correct-horse").id
-        set_active(session=s, actor=admin, user_id=uid, active=False)
+        admin = create_user(session=s, username="root", role="admin", password="correct-horse", actor=CLI)
+        uid = create_user(session=s, username="carol", role="annotator", password="correct-horse", actor=CLI).id
+        set_active(session=s, actor=Actor.signed_in(admin), user_id=uid, active=False)
     assert try_sign_in(engine, "carol", "correct-horse", T0) is None
     with session_scope(engine) as s:
-        set_active(session=s, actor=s.get(User, admin.id), user_id=uid, active=True)
+        set_active(session=s, actor=Actor.signed_in(s.get(User, admin.id)), user_id=uid, active=True)
     assert try_sign_in(engine, "carol", "correct-horse", T0 + timedelta(seconds=1)) == uid
 
 
@@ -523,21 +480,22 @@ def test_the_last_active_admin_cannot_be_deactivated_or_demoted(engine):
     with session_scope(engine) as s:
         me = s.get(User, root)
         with pytest.raises(UserError, match="last active admin"):
-            set_active(session=s, actor=me, user_id=root, active=False)
+            set_active(session=s, actor=Actor.signed_in(me), user_id=root, active=False)
         for role in ("reviewer", "annotator"):
             with pytest.raises(UserError, match="last active admin"):
-                set_role(session=s, actor=me, user_id=root, role=role)
-        set_role(session=s, actor=me, user_id=root, role="admin")  # no change: fine
+                set_role(session=s, actor=Actor.signed_in(me), user_id=root, role=role)
+        set_role(session=s, actor=Actor.signed_in(me), user_id=root, role="admin")  # no change: fine
     with session_scope(engine) as s:
         assert (s.get(User, root).role, s.get(User, root).active) == ("admin", True)
-        set_role(session=s, actor=s.get(User, root), user_id=other, role="admin")
+        set_role(session=s, actor=Actor.signed_in(s.get(User, root)), user_id=other, role="admin")
     with session_scope(engine) as s:  # two admins: one may go
-        set_active(session=s, actor=s.get(User, other), user_id=root, active=False)
+        set_active(session=s, actor=Actor.signed_in(s.get(User, other)), user_id=root, active=False)
     with session_scope(engine) as s:
         # an inactive admin does not count: `other` is now the last one
         with pytest.raises(UserError, match="last active admin"):
-            set_role(session=s, actor=s.get(User, other), user_id=other, role="reviewer")
-        set_role(session=s, actor=s.get(User, other), user_id=root, role="reviewer")  # inactive admin: fine
+            set_role(session=s, actor=Actor.signed_in(s.get(User, other)), user_id=other, role="reviewer")
+        set_role(session=s, actor=Actor.signed_in(s.get(User, other)), user_id=root,
+                 role="reviewer")  # inactive admin: fine
     with session_scope(engine, read_only=True) as s:
         assert s.scalar(select(func.count()).select_from(User).where(User.role == "admin", User.active)) == 1
 
@@ -550,13 +508,13 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin(engine):
     def two_demotes_one():
         try:
             with session_scope(engine) as s:
-                set_role(session=s, actor=s.get(User, two), user_id=one, role="reviewer")
+                set_role(session=s, actor=Actor.signed_in(s.get(User, two)), user_id=one, role="reviewer")
             outcome["ok"] = True
         except UserError as e:
             outcome["error"] = e
 
     with session_scope(engine) as s:
-        set_role(session=s, actor=s.get(User, one), user_id=two, role="reviewer")
+        set_role(session=s, actor=Actor.signed_in(s.get(User, one)), user_id=two, role="reviewer")
         s.flush()
         thread = threading.Thread(target=two_demotes_one)
         thread.start()
@@ -597,7 +555,7 @@ def _fingerprint(s) -> dict:
 
 @pytest.mark.parametrize("role", list(ALLOWED))
 def test_role_matrix(engine, role):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with session_scope(engine) as s:
         make_users(s, 1, role="admin", prefix="boss")  # an admin besides the actor: no last-admin refusals
         (target,) = make_users(s, 1, role="annotator", prefix="target")
@@ -623,13 +581,13 @@ def test_role_matrix(engine, role):
         "claim_next": lambda s, me: queue.claim_next(session=s, user=me, kind="pair"),
         "recent_labels": lambda s, me: queue.recent_labels(session=s, user=me),
         "update_queue_settings": lambda s, me: queue.update_queue_settings(
-            session=s, user=me, overlap=2, lease_seconds=60, prompt_tags=["x"], policy_version_ids=[],
+            session=s, actor=Actor.signed_in(me), overlap=2, lease_seconds=60, prompt_tags=["x"], policy_version_ids=[],
             refill_below=1, refill_prompts=2),
-        "list_users": lambda s, me: list_users(session=s, actor=me),
-        "add_user": lambda s, me: add_user(session=s, actor=me, username="newbie", role="annotator"),
-        "set_role": lambda s, me: set_role(session=s, actor=me, user_id=target, role="reviewer"),
-        "set_active": lambda s, me: set_active(session=s, actor=me, user_id=target, active=False),
-        "reset_password": lambda s, me: reset_password(session=s, actor=me, user_id=target),
+        "list_users": lambda s, me: list_users(session=s, actor=Actor.signed_in(me)),
+        "add_user": lambda s, me: add_user(session=s, actor=Actor.signed_in(me), username="newbie", role="annotator"),
+        "set_role": lambda s, me: set_role(session=s, actor=Actor.signed_in(me), user_id=target, role="reviewer"),
+        "set_active": lambda s, me: set_active(session=s, actor=Actor.signed_in(me), user_id=target, active=False),
+        "reset_password": lambda s, me: reset_password(session=s, actor=Actor.signed_in(me), user_id=target),
     }
     assert set(actions) == set(ALL_ACTIONS)
     problems = []

@@ -4,6 +4,7 @@ from sqlalchemy import select
 
 from db.engine import session_scope
 from db.models import Constitution, Item, Job, Judgment, PolicyVersion, Prompt, Response, User
+from feedback.actors import CLI
 from feedback.policies import ensure_base_policy, promote
 from feedback.prompts import canonical_messages, content_hash
 from feedback.queue import claim_next
@@ -26,7 +27,7 @@ def _pair(s, version, text):
 
 def test_escalated_then_on_policy_then_oldest(engine):
     with session_scope(engine) as s:
-        v0 = ensure_base_policy(session=s)
+        v0 = ensure_base_policy(session=s, actor=CLI)
         v1 = PolicyVersion(name="v1", base_model="m", parent_id=v0.id, status="candidate")
         s.add(v1)
         s.flush()
@@ -39,7 +40,7 @@ def test_escalated_then_on_policy_then_oldest(engine):
         s.flush()
         s.add(Judgment(job_id=job.id, item_id=disputed, constitution_id=constitution.id, backend="x", model="x",
                        template_version="t", outcome="inconsistent"))
-        promote(session=s, name="v1")
+        promote(session=s, name="v1", actor=CLI)
         users = [User(username=f"u{k}", password_hash="x", role="annotator") for k in range(3)]
         s.add_all(users)
     order = []

@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from feedback.render import inert_markdown
 
 LINK = re.compile(r"!?\[[^\]]*\]\([^)]*\)")
-AUTOLINK = re.compile(r"(https?|ftp|javascript|data|mailto|file|vbscript)://|(javascript|data|vbscript|mailto|file):|www\.|@\w", re.I)
+AUTOLINK = re.compile(r"(https?|ftp|javascript|data|mailto|file|vbscript)://"
+                      r"|(javascript|data|vbscript|mailto|file):|www\.|@\w", re.I)
 
 
 def test_payloads_are_defanged():

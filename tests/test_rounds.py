@@ -8,8 +8,8 @@ import signal
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
@@ -17,13 +17,16 @@ from sqlalchemy import select, update
 from db.engine import session_scope
 from db.models import Item, Job, Label, PolicyVersion, Prompt, Response, SnapshotLabel, User, utcnow
 from feedback import jobs
+from feedback.actors import CLI
+from feedback.deploy import deploy
 from feedback.errors import UserError
 from feedback.policies import ensure_base_policy, promote
 from feedback.prompts import canonical_messages, content_hash
 from judges.constitutions import ensure_shipped
-from training.deploy import deploy
-from training.stages.base import latest_checkpoint
 from training.rounds import RoundConfig, start_round
+from training.stages.base import latest_checkpoint
+
+pytestmark = pytest.mark.train
 
 TINY_GATE = {"prompts": 2, "max_new_tokens": 4, "grader": "numeric", "judge_model": "tiny-smollm2-test"}
 
@@ -34,7 +37,7 @@ def labelled(engine, tiny_model_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("POLICIES_DIR", str(tmp_path / "policies"))  # read at call time, by workers too
     with session_scope(engine) as s:
         ensure_shipped(session=s)
-        v0 = ensure_base_policy(session=s)
+        v0 = ensure_base_policy(session=s, actor=CLI)
         v0.base_model = str(tiny_model_dir)
         user = User(username="ann", password_hash="x", role="annotator")
         s.add(user)
@@ -58,14 +61,15 @@ def labelled(engine, tiny_model_dir, monkeypatch, tmp_path):
 
 
 def dpo_round(**stage_config) -> RoundConfig:
-    return RoundConfig(stage="dpo", stage_config={"max_steps": 4, "learning_rate": 1e-3, "per_device_train_batch_size": 2,
-                                                  "save_steps": 2, "max_length": 64, **stage_config},
+    return RoundConfig(stage="dpo", stage_config={"max_steps": 4, "learning_rate": 1e-3,
+                                                  "per_device_train_batch_size": 2, "save_steps": 2,
+                                                  "max_length": 64, **stage_config},
                        gate=TINY_GATE, snapshot={"sources": ["human"]})
 
 
 def test_dpo_round_makes_a_candidate_with_lineage_and_gate(labelled):
     with session_scope(labelled) as s:
-        job = start_round(session=s, config=dpo_round())
+        job = start_round(session=s, config=dpo_round(), actor=CLI)
     done = jobs.run_job(engine=labelled, job_id=job.id)
     assert done.status == "succeeded", done.error
     assert done.result["policy_version"] == "v1" and done.result["parent"] == "v0"
@@ -88,7 +92,7 @@ def test_two_concurrent_starts_give_one_run(labelled):
     def start():
         try:
             with session_scope(labelled) as s:
-                outcomes.append(start_round(session=s, config=dpo_round()).id)
+                outcomes.append(start_round(session=s, config=dpo_round(), actor=CLI).id)
         except UserError as exc:
             outcomes.append(str(exc))
 
@@ -105,9 +109,11 @@ def test_two_concurrent_starts_give_one_run(labelled):
 
 def test_snapshot_is_frozen_when_the_round_starts(labelled):
     with session_scope(labelled) as s:
-        job = start_round(session=s, config=dpo_round())
-        frozen = set(s.scalars(select(SnapshotLabel.label_id).where(SnapshotLabel.snapshot_id == job.config["snapshot_id"])))
-        late = Label(item_id=s.scalar(select(Item.id)), kind="pairwise", choice="b", source="judge", submission_id="late")
+        job = start_round(session=s, config=dpo_round(), actor=CLI)
+        frozen = set(s.scalars(select(SnapshotLabel.label_id)
+                               .where(SnapshotLabel.snapshot_id == job.config["snapshot_id"])))
+        late = Label(item_id=s.scalar(select(Item.id)), kind="pairwise", choice="b", source="judge",
+                     submission_id="late")
         s.add(late)
         s.flush()
     assert late.id not in frozen and len(frozen) == 8
@@ -128,7 +134,7 @@ def test_killed_round_resumes_from_its_checkpoint(labelled, db_url, tmp_path, mo
     config = dpo_round(max_steps=10, save_steps=2, learning_rate=1e-4)
     config.evaluate = False
     with session_scope(labelled) as s:
-        job = start_round(session=s, config=config)
+        job = start_round(session=s, config=config, actor=CLI)
     round_dir = tmp_path / "policies" / f"round-{job.id}"
     jobs.start_detached(job=job, database_url=db_url, log_dir=tmp_path)
     running = _wait(labelled, job.id, lambda j: (round_dir / "checkpoint-4").exists() or j.status not in jobs.ACTIVE)
@@ -140,7 +146,7 @@ def test_killed_round_resumes_from_its_checkpoint(labelled, db_url, tmp_path, mo
     with session_scope(labelled) as s:
         s.execute(update(Job).where(Job.id == job.id).values(heartbeat_at=utcnow() - timedelta(minutes=5)))
     with session_scope(labelled) as s:
-        resumed = jobs.resume(session=s, job_id=job.id)
+        resumed = jobs.resume(session=s, job_id=job.id, actor=CLI)
     jobs.start_detached(job=resumed, database_url=db_url, log_dir=tmp_path)
     done = _wait(labelled, job.id, lambda j: j.status not in jobs.ACTIVE)
     log = (tmp_path / f"job-{job.id}.log").read_text()
@@ -151,7 +157,8 @@ def test_killed_round_resumes_from_its_checkpoint(labelled, db_url, tmp_path, mo
     assert steps_after[0] == killed_at + 1 and steps_after[-1] == 10
     # Checkpoints load through safetensors (+ JSON) only: nothing pickled (.bin / .pt / .pth / .pkl).
     pickled = [p for p in round_dir.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
-    assert pickled == [] and list(round_dir.rglob("optimizer.safetensors")) and list(round_dir.rglob("rng_state.safetensors"))
+    assert (pickled == [] and list(round_dir.rglob("optimizer.safetensors"))
+            and list(round_dir.rglob("rng_state.safetensors")))
 
 
 class _VLLMStub(BaseHTTPRequestHandler):
@@ -185,13 +192,14 @@ def test_deploy_to_vllm_then_promote_and_roll_back(labelled, monkeypatch, tmp_pa
         with session_scope(labelled) as s:
             v1 = s.scalar(select(PolicyVersion).where(PolicyVersion.name == "v1"))
             assert deploy(version=v1).startswith("loaded v1")
-            promote(session=s, name="v1")
-        assert _VLLMStub.calls[-1] == ("/v1/load_lora_adapter", {"lora_name": "v1", "lora_path": str(adapter.resolve())})
+            promote(session=s, name="v1", actor=CLI)
+        assert _VLLMStub.calls[-1] == ("/v1/load_lora_adapter",
+                                       {"lora_name": "v1", "lora_path": str(adapter.resolve())})
         _VLLMStub.status = 400
         with session_scope(labelled) as s, pytest.raises(UserError, match="refused the adapter"):
             deploy(version=s.scalar(select(PolicyVersion).where(PolicyVersion.name == "v1")))
         with session_scope(labelled) as s:
-            promote(session=s, name="v0")  # roll back
+            promote(session=s, name="v0", actor=CLI)  # roll back
         with session_scope(labelled, read_only=True) as s:
             status = dict(s.execute(select(PolicyVersion.name, PolicyVersion.status)).all())
         assert status == {"v0": "active", "v1": "retired"}
@@ -209,7 +217,7 @@ def test_grader_rounds_make_versions(labelled, stage_name):
                         {"num_generations": 2, "per_device_train_batch_size": 2, "max_completion_length": 4})
     with session_scope(labelled) as s:
         job = start_round(session=s, config=RoundConfig(stage=stage_name, stage_config=stage_config, grader="numeric",
-                                                        evaluate=False))
+                                                        evaluate=False), actor=CLI)
     done = jobs.run_job(engine=labelled, job_id=job.id)
     assert done.status == "succeeded", done.error
     with session_scope(labelled, read_only=True) as s:

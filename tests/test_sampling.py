@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 from db.engine import session_scope
 from db.models import Item, Job, PolicyVersion, Prompt, Response
 from feedback import jobs
+from feedback.actors import CLI
 from feedback.errors import UserError
 from feedback.policies import ensure_base_policy
 from feedback.policy import SamplingParams
@@ -55,7 +56,8 @@ def test_local_client_seed_reproducible(tiny_client):
     params = SamplingParams(n=2, max_new_tokens=10, seed=123, temperature=1.0)
     first = [[c.text for c in cs] for cs in tiny_client.generate(CHATS, params)]
     second = [[c.text for c in cs] for cs in tiny_client.generate(CHATS, params)]
-    other = [[c.text for c in cs] for cs in tiny_client.generate(CHATS, SamplingParams(n=2, max_new_tokens=10, seed=9, temperature=1.0))]
+    other = [[c.text for c in cs]
+             for cs in tiny_client.generate(CHATS, SamplingParams(n=2, max_new_tokens=10, seed=9, temperature=1.0))]
     assert first == second
     assert first != other
 
@@ -77,7 +79,7 @@ def _add_prompts(session, texts, split="train", tags=None):
 @pytest.fixture
 def tiny_policy(engine, tiny_model_dir):
     with session_scope(engine) as s:
-        v0 = ensure_base_policy(session=s)
+        v0 = ensure_base_policy(session=s, actor=CLI)
         v0.model_path = str(tiny_model_dir)
         _add_prompts(s, ["Say hello.", "Name a colour.", "Count to three."])
         _add_prompts(s, ["Held out prompt."], split="val")
@@ -147,7 +149,7 @@ def test_sampling_job_runs_reports_progress_and_can_be_cancelled(engine, tiny_po
     seen = []
     with session_scope(engine) as s:
         job = jobs.create_job(session=s, kind="sample",
-                              config=asdict(SamplingConfig(limit=4, max_new_tokens=4, chunk_prompts=2)))
+                              config=asdict(SamplingConfig(limit=4, max_new_tokens=4, chunk_prompts=2)), actor=CLI)
     done = jobs.run_job(engine=engine, job_id=job.id, listener=lambda d, t: seen.append((d, t)))
     assert done.status == "succeeded" and done.result["prompts"] == 4
     assert seen[0] == (0, 4) and seen[-1] == (4, 4)
@@ -157,12 +159,12 @@ def test_sampling_job_runs_reports_progress_and_can_be_cancelled(engine, tiny_po
     # A cancel requested while running stops it after the current chunk.
     with session_scope(engine) as s:
         job = jobs.create_job(session=s, kind="sample",
-                              config=asdict(SamplingConfig(limit=4, max_new_tokens=4, chunk_prompts=1)))
+                              config=asdict(SamplingConfig(limit=4, max_new_tokens=4, chunk_prompts=1)), actor=CLI)
 
     def cancel_after_first(done_n, total):
         if done_n == 1:
             with session_scope(engine) as s:
-                jobs.request_cancel(session=s, job_id=job.id)
+                jobs.request_cancel(session=s, job_id=job.id, actor=CLI)
 
     cancelled = jobs.run_job(engine=engine, job_id=job.id, listener=cancel_after_first)
     assert cancelled.status == "cancelled"
@@ -175,8 +177,11 @@ def test_crashed_job_is_failed_and_stale_job_interrupted(engine, tiny_policy):
 
     from db.models import utcnow
 
-    with session_scope(engine) as s:
-        bad = jobs.create_job(session=s, kind="sample", config={"limit": 1, "no_such_field": 1})
+    with pytest.raises(UserError, match="no_such_field"), session_scope(engine) as s:
+        jobs.create_job(session=s, kind="sample", config={"limit": 1, "no_such_field": 1}, actor=CLI)
+    with session_scope(engine) as s:  # a row written past create_job (an older version, by hand) still fails cleanly
+        bad = Job(kind="sample", config={"limit": 1, "no_such_field": 1}, status="queued")
+        s.add(bad)
     assert jobs.run_job(engine=engine, job_id=bad.id).status == "failed"
     with session_scope(engine) as s:
         stale = Job(kind="sample", config={}, status="running", heartbeat_at=utcnow() - timedelta(minutes=5))
@@ -194,7 +199,8 @@ def test_detached_worker_runs_the_job(engine, db_url, tiny_policy, monkeypatch, 
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-secret-for-test")
     with session_scope(engine) as s:
-        job = jobs.create_job(session=s, kind="sample", config=asdict(SamplingConfig(limit=2, max_new_tokens=4)))
+        job = jobs.create_job(session=s, kind="sample", config=asdict(SamplingConfig(limit=2, max_new_tokens=4)),
+                              actor=CLI)
     jobs.start_detached(job=job, database_url=db_url, log_dir=tmp_path)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

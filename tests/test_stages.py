@@ -14,11 +14,13 @@ from transformers import TrainerCallback
 
 from feedback.errors import UserError
 from judges.graders import as_reward_func, completion_text, parse_grader
-from training.stages.base import CommonConfig, StageInputs, stage
+from training.stages import STAGES
+from training.stages.base import CommonConfig, StageInputs
 
-STAGES = ("sft", "reward", "dpo", "kto", "grpo", "rloo")
+TRL_STAGES = ("sft", "reward", "dpo", "kto", "grpo", "rloo")
 # Small enough for a few seconds per step on 2 busy cores; lr high so 3-6 steps visibly move weights.
-TINY = {"learning_rate": 1e-3, "per_device_train_batch_size": 2, "max_length": 64, "lora_r": 4, "lora_alpha": 8, "save_steps": 2}
+TINY = {"learning_rate": 1e-3, "per_device_train_batch_size": 2, "max_length": 64, "lora_r": 4, "lora_alpha": 8,
+        "save_steps": 2}
 
 
 # --- rows --------------------------------------------------------------------------------------
@@ -105,7 +107,7 @@ class Recorder(TrainerCallback):
 
 def run(name: str, model_dir: Path, output_dir: Path, rows: list[dict], *, eval_rows=(), reward_funcs=(),
         parent=None, reference=None, resume=False, **overrides):
-    config_cls, main = stage(name)
+    config_cls, main = STAGES.get(name).config, STAGES.get(name).main
     cfg = config_cls(**{**TINY, "max_steps": 3, **overrides})
     recorder = Recorder()
     inputs = StageInputs(model_dir=str(model_dir), output_dir=output_dir, train_rows=rows, eval_rows=list(eval_rows),
@@ -171,9 +173,9 @@ def parent_adapter(tiny_model_dir, tmp_path_factory) -> Path:
 # --- registry and configs ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", STAGES)
+@pytest.mark.parametrize("name", TRL_STAGES)
 def test_every_stage_has_a_documented_config(name):
-    config_cls, main = stage(name)
+    config_cls, main = STAGES.get(name).config, STAGES.get(name).main
     assert issubclass(config_cls, CommonConfig) and callable(main)
     undocumented = [f.name for f in fields(config_cls) if not f.metadata.get("help")]
     assert not undocumented
@@ -189,14 +191,15 @@ def test_every_stage_has_a_documented_config(name):
 ])
 def test_dpo_rejects_bad_combinations(settings, match):
     with pytest.raises(UserError, match=match):
-        stage("dpo")[0](**settings)
+        STAGES.get("dpo").config(**settings)
 
 
+@pytest.mark.train
 def test_bad_settings_and_rows_are_user_errors(tmp_path, tiny_model_dir):
     with pytest.raises(UserError, match="batch"):
-        stage("kto")[0](per_device_train_batch_size=1)
+        STAGES.get("kto").config(per_device_train_batch_size=1)
     with pytest.raises(UserError, match="multiple of num_generations"):
-        stage("grpo")[0](per_device_train_batch_size=3, num_generations=2)
+        STAGES.get("grpo").config(per_device_train_batch_size=3, num_generations=2)
     with pytest.raises(UserError, match="rejected"):
         run("dpo", tiny_model_dir, tmp_path, [{"prompt": question(1), "chosen": assistant("2.")}])
     with pytest.raises(UserError, match="no training rows"):
@@ -208,6 +211,7 @@ def test_bad_settings_and_rows_are_user_errors(tmp_path, tiny_model_dir):
 # --- each stage trains -------------------------------------------------------------------------
 
 
+@pytest.mark.train
 def test_sft(tiny_model_dir, tmp_path):
     result, recorder = run("sft", tiny_model_dir, tmp_path, sft_rows())
     assert result.adapter_dir == tmp_path / "adapter" and result.model_dir is None
@@ -217,6 +221,7 @@ def test_sft(tiny_model_dir, tmp_path):
     assert result.metrics["resumed_from"] is None
 
 
+@pytest.mark.train
 def test_full_fine_tune_saves_a_model(tiny_model_dir, tmp_path):
     result, recorder = run("sft", tiny_model_dir, tmp_path, sft_rows(), use_lora=False, save_steps=100)
     assert result.adapter_dir is None and result.model_dir == tmp_path / "model"
@@ -226,6 +231,7 @@ def test_full_fine_tune_saves_a_model(tiny_model_dir, tmp_path):
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= files and "pytorch_model.bin" not in files
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("use_lora", [False, True], ids=["full", "lora-merged"])
 def test_reward_model(tiny_model_dir, tmp_path, use_lora):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -254,6 +260,7 @@ def test_reward_model(tiny_model_dir, tmp_path, use_lora):
     {"loss_type": "robust", "label_smoothing": 0.1},
     {"loss_type": "sigmoid", "ld_alpha": 0.5},
 ], ids=["sigmoid", "ipo", "hinge", "robust", "ld-dpo"])
+@pytest.mark.train
 def test_dpo_variants(tiny_model_dir, tmp_path, settings):
     result, recorder = run("dpo", tiny_model_dir, tmp_path, pair_rows(), **settings)
     assert_trained(result, recorder, 3)
@@ -265,6 +272,7 @@ def test_dpo_variants(tiny_model_dir, tmp_path, settings):
     assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.train
 def test_dpo_continues_from_parent_against_the_base(tiny_model_dir, tmp_path, parent_adapter):
     parent = load_file(parent_adapter / "adapter_model.safetensors")
     result, recorder = run("dpo", tiny_model_dir, tmp_path, pair_rows(), parent=str(parent_adapter))
@@ -280,6 +288,7 @@ def test_dpo_continues_from_parent_against_the_base(tiny_model_dir, tmp_path, pa
     assert abs(first["rewards/chosen"]) > 1e-4
 
 
+@pytest.mark.train
 def test_dpo_reference_adapter(tiny_model_dir, tmp_path, parent_adapter):
     result, recorder = run("dpo", tiny_model_dir, tmp_path, pair_rows(), parent=str(parent_adapter),
                            reference=str(parent_adapter))
@@ -294,6 +303,7 @@ def test_dpo_reference_adapter(tiny_model_dir, tmp_path, parent_adapter):
     assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
 
 
+@pytest.mark.train
 def test_resume_continues_from_the_newest_checkpoint(tiny_model_dir, tmp_path):
     first, _ = run("dpo", tiny_model_dir, tmp_path, pair_rows(), max_steps=4)
     assert first.metrics["global_step"] == 4
@@ -311,6 +321,7 @@ def test_resume_continues_from_the_newest_checkpoint(tiny_model_dir, tmp_path):
     assert_safetensors_checkpoints(tmp_path, [4, 6])
 
 
+@pytest.mark.train
 def test_kto(tiny_model_dir, tmp_path):
     result, recorder = run("kto", tiny_model_dir, tmp_path, kto_rows(), max_steps=4)
     assert_trained(result, recorder, 4)
@@ -323,6 +334,7 @@ GRADER = as_reward_func(parse_grader("regex:^A"))
 ONLINE = {"per_device_train_batch_size": 4, "num_generations": 4, "max_completion_length": 8}
 
 
+@pytest.mark.train
 def test_grpo(tiny_model_dir, tmp_path):
     result, recorder = run("grpo", tiny_model_dir, tmp_path, reference_rows(), reward_funcs=[GRADER, length_reward],
                            **ONLINE)
@@ -333,6 +345,7 @@ def test_grpo(tiny_model_dir, tmp_path):
     assert_safetensors_checkpoints(tmp_path, [2, 3])
 
 
+@pytest.mark.train
 def test_rloo_from_parent_with_kl_to_the_parent(tiny_model_dir, tmp_path, parent_adapter):
     result, recorder = run("rloo", tiny_model_dir, tmp_path, reference_rows(), reward_funcs=[GRADER, length_reward],
                            parent=str(parent_adapter), reference=str(parent_adapter), beta=0.05, **ONLINE)
@@ -342,9 +355,10 @@ def test_rloo_from_parent_with_kl_to_the_parent(tiny_model_dir, tmp_path, parent
     assert_safetensors_checkpoints(tmp_path, [2, 3])
 
 
+@pytest.mark.train
 def test_grpo_with_a_reward_model(tiny_model_dir, tmp_path):
     reward, _ = run("reward", tiny_model_dir, tmp_path / "reward", pair_rows(4), max_steps=2, save_steps=100)
-    config_cls, main = stage("grpo")
+    config_cls, main = STAGES.get("grpo").config, STAGES.get("grpo").main
     recorder = Recorder()
     result = main(config_cls(**{**TINY, **ONLINE, "max_steps": 2, "save_steps": 100}),
                   StageInputs(model_dir=str(tiny_model_dir), output_dir=tmp_path / "grpo", train_rows=reference_rows(),

@@ -71,15 +71,16 @@ def evaluate(*, engine: Engine, candidate: str, baseline: str, config: GateConfi
     judge = get_backend(config.judge_backend, **({"model": config.judge_model} if config.judge_model else {}))
     rng = random.Random(config.seed)
     outcomes = [
-        judge_pair(backend=judge, messages=m, text_a=a, text_b=b, principles=choose_principles(principles, "sample", rng),
-                   key=f"eval{k}").outcome
-        for k, (m, a, b) in enumerate(zip(conversations, new_texts, old_texts))
+        judge_pair(backend=judge, messages=m, text_a=a, text_b=b,
+                   principles=choose_principles(principles, "sample", rng), key=f"eval{k}").outcome
+        for k, (m, a, b) in enumerate(zip(conversations, new_texts, old_texts, strict=True))
     ]
     scores = [1.0 if o == "a" else 0.0 if o == "b" else 0.5 for o in outcomes]
     low, high = bootstrap_interval(scores, seed=config.seed)
 
     grader = parse_grader(config.grader)
-    graded = [(grader.grade(a, ref), grader.grade(b, ref)) for (_, ref), a, b in zip(prompts, new_texts, old_texts) if ref]
+    graded = [(grader.grade(a, ref), grader.grade(b, ref))
+              for (_, ref), a, b in zip(prompts, new_texts, old_texts, strict=True) if ref]
     accuracy_new = float(np.mean([a >= 0.5 for a, _ in graded])) if graded else None
     accuracy_old = float(np.mean([b >= 0.5 for _, b in graded])) if graded else None
     win_rate = float(np.mean(scores))

@@ -10,8 +10,8 @@ its lineage. The loop itself is a 'loop' job whose result holds the per-round ta
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy import Engine, func, select
@@ -20,13 +20,14 @@ from sqlalchemy.orm import Session
 from db.engine import session_scope
 from db.models import Item, Label, PolicyVersion, Prompt, Response
 from feedback import jobs
+from feedback.actors import Actor
+from feedback.config_fields import cfg_field
 from feedback.errors import UserError
-from feedback.policies import active_policy, promote
+from feedback.policies import active_policy
 from feedback.policy import SamplingParams, client_for
-from feedback.policies import policy_by_name
+from feedback.release import release_policy
 from feedback.sampling import store_responses
 from feedback.tags import has_any_tag
-from training.deploy import deploy
 from training.rounds import RoundConfig, start_round
 
 Labeler = Literal["grader", "judge", "reward"]
@@ -34,22 +35,26 @@ Labeler = Literal["grader", "judge", "reward"]
 
 @dataclass
 class LoopConfig:
-    rounds: int = 3
-    labeler: Labeler = "grader"
-    grader: str = "numeric"  # labeler grader: scores against the prompts' references
-    judge_backend: str = "local"  # labeler judge
-    judge_model: str | None = None
-    constitution: str = "default"
-    reward_job: int | None = None  # labeler reward: the reward model that training job produced
-    prompts_per_round: int = 32
-    samples_per_prompt: int = 4  # K
-    temperature: float = 1.0
-    max_new_tokens: int = 64
-    tags: list[str] = field(default_factory=list)
-    stage_config: dict[str, Any] = field(default_factory=dict)  # DPO settings for every round
-    promote: Literal["gate", "always"] = "gate"  # promote only when the gate passes, or every round
-    gate: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
+    rounds: int = cfg_field(3, "Rounds of sample -> label -> train -> gate -> promote.")
+    labeler: Labeler = cfg_field("grader", "Who picks best and worst: a grader against references, the AI judge, "
+                                           "or a trained reward model.")
+    grader: str = cfg_field("numeric", "Grader spec for the grader labeler.")
+    judge_backend: str = cfg_field("local", "Judge backend for the judge labeler.")
+    judge_model: str | None = cfg_field(None, "The judge backend's model (None: its default).")
+    constitution: str = cfg_field("default", "Constitution the judge labeler judges under.")
+    reward_job: int | None = cfg_field(None, "Reward labeler: the training job that produced the reward model.")
+    prompts_per_round: int = cfg_field(32, "Train prompts sampled per round (the least sampled first).")
+    samples_per_prompt: int = cfg_field(4, "K: responses per prompt, from which best and worst are paired.")
+    temperature: float = cfg_field(1.0, "Sampling temperature; the K samples need to differ.")
+    max_new_tokens: int = cfg_field(64, "Longest sampled response in tokens.")
+    tags: list[str] = cfg_field([], "Only prompts with at least one of these tags.", flag="--tag")
+    stage_config: dict[str, Any] = cfg_field({}, "DPO settings for every round (JSON in --config).")
+    promote: Literal["gate", "always"] = cfg_field("gate", "Promote only when the gate passes, or every round.")
+    gate: dict[str, Any] = cfg_field({}, "GateConfig overrides (JSON in --config).")
+    resample_for_annotators: bool = cfg_field(
+        False, "After each promotion also sample the queue's usual prompts for annotators (off: an unattended "
+               "loop labels its own samples, and a background sampler would compete with training for CPU).")
+    seed: int = cfg_field(0, "Seed for sampling (each round adds its number) and the judge's principle draws.")
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.samples_per_prompt < 2:
@@ -75,7 +80,8 @@ class _Scorer:
             from judges.backends import get_backend
             from judges.constitutions import ensure_shipped, latest_constitution
 
-            self.judge = get_backend(config.judge_backend, **({"model": config.judge_model} if config.judge_model else {}))
+            self.judge = get_backend(config.judge_backend,
+                                     **({"model": config.judge_model} if config.judge_model else {}))
             with session_scope(engine) as s:
                 ensure_shipped(session=s)
                 constitution = latest_constitution(session=s, name=config.constitution)
@@ -105,7 +111,8 @@ class _Scorer:
                                 principles=choose_principles(self.principles, "sample", self.rng))
             if result.outcome not in ("a", "b"):
                 return None
-            return ((a, b) if result.outcome == "a" else (b, a)) + ({"outcome": result.outcome, "orders": result.raw["orders"]},)
+            return (((a, b) if result.outcome == "a" else (b, a))
+                    + ({"outcome": result.outcome, "orders": result.raw["orders"]},))
         if self.config.labeler == "grader":
             if reference is None:
                 return None
@@ -147,7 +154,7 @@ def _collect(engine: Engine, config: LoopConfig, scorer: _Scorer, version: Polic
     completions = client_for(version).generate([p.messages for p in prompts], params)
     made = {**params.as_dict(), "backend": f"loop:{version.name}", "loop_job": job_id, "round": round_no}
     pairs = 0
-    for prompt, outs in zip(prompts, completions):
+    for prompt, outs in zip(prompts, completions, strict=True):
         if len(outs) < 2:
             continue
         picked = scorer.best_and_worst(prompt.messages, prompt.reference, [c.text for c in outs])
@@ -170,13 +177,15 @@ def _collect(engine: Engine, config: LoopConfig, scorer: _Scorer, version: Polic
     return pairs
 
 
-def run_loop(*, engine: Engine, config: LoopConfig, job_id: int, reporter: jobs.Reporter | None = None) -> dict[str, Any]:
+def run_loop(*, engine: Engine, config: LoopConfig, job_id: int,
+             reporter: jobs.Reporter | None = None) -> dict[str, Any]:
     scorer = _Scorer(engine, config)
+    actor = Actor.worker(job_id)
     table = []
     for round_no in range(1, config.rounds + 1):
         with session_scope(engine, read_only=True) as s:
             version = active_policy(session=s)
-        started = datetime.now(timezone.utc).isoformat()
+        started = datetime.now(UTC).isoformat()
         if reporter:
             reporter.progress(round_no - 1, config.rounds, log=f"round {round_no}: sampling from {version.name}")
         pairs = _collect(engine, config, scorer, version, job_id, round_no)
@@ -188,7 +197,7 @@ def run_loop(*, engine: Engine, config: LoopConfig, job_id: int, reporter: jobs.
                                              "since": started},
                                    gate=config.gate, evaluate=True)
         with session_scope(engine) as s:
-            train_job = start_round(session=s, config=round_config, actor=f"worker:loop-{job_id}")
+            train_job = start_round(session=s, config=round_config, actor=actor)
         done = jobs.run_job(engine=engine, job_id=train_job.id)
         if done.status != "succeeded":
             raise UserError(f"round {round_no}: training job {done.id} {done.status}: {done.error}")
@@ -196,11 +205,10 @@ def run_loop(*, engine: Engine, config: LoopConfig, job_id: int, reporter: jobs.
         new_name = done.result["policy_version"]
         promoted = config.promote == "always" or bool(gate.get("passed"))
         if promoted:
-            with session_scope(engine) as s:
-                deploy(version=policy_by_name(session=s, name=new_name))
-                promote(session=s, name=new_name, actor=f"worker:loop-{job_id}")
+            release_policy(engine=engine, name=new_name, actor=actor, resample=config.resample_for_annotators)
         table.append({"round": round_no, "parent": version.name, "policy": new_name, "pairs": pairs,
-                      "train_job": done.id, "win_rate": gate.get("win_rate"), "win_rate_ci95": gate.get("win_rate_ci95"),
+                      "train_job": done.id, "win_rate": gate.get("win_rate"),
+                      "win_rate_ci95": gate.get("win_rate_ci95"),
                       "accuracy": gate.get("accuracy"), "parent_accuracy": gate.get("baseline_accuracy"),
                       "promoted": promoted})
         if reporter:
@@ -208,6 +216,9 @@ def run_loop(*, engine: Engine, config: LoopConfig, job_id: int, reporter: jobs.
     return {"rounds": table, "config": asdict(config)}
 
 
-@jobs.register("loop")
 def run_loop_job(*, engine: Engine, job, reporter: jobs.Reporter) -> dict[str, Any]:
     return run_loop(engine=engine, config=LoopConfig(**job.config), job_id=job.id, reporter=reporter)
+
+
+LOOP_JOB = jobs.JobKind(runner=run_loop_job, config=LoopConfig,
+                        secrets=("POLICY_API_KEY", "ANTHROPIC_API_KEY", "JUDGE_API_KEY"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +19,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.engine import session_scope
-from db.models import Job, PolicyVersion, Snapshot, User
-from feedback import audit, jobs
+from db.models import Job, PolicyVersion, Snapshot
+from feedback import jobs
+from feedback.actors import Actor
+from feedback.config_fields import cfg_field
 from feedback.errors import UserError
 from feedback.model_cache import resolve_model_dir
 from feedback.policies import active_policy, next_version_name, policy_by_name
 from feedback.settings import get_settings
-from feedback.users import require_role
 from training.callbacks import JobCallback
 from training.evaluate import GateConfig, evaluate
 from training.snapshot import SnapshotFilter, create_snapshot, disagreement_rate, reference_rows, rows_for_stage
-from training.stages.base import STAGE_MODULES, StageInputs, latest_checkpoint, stage
+from training.stages import STAGES
+from training.stages.base import StageInputs, latest_checkpoint
 
 LABEL_STAGES = ("sft", "reward", "dpo", "kto")
 GRADER_STAGES = ("grpo", "rloo", "ppo")
@@ -37,25 +39,26 @@ GRADER_STAGES = ("grpo", "rloo", "ppo")
 
 @dataclass
 class RoundConfig:
-    stage: str  # sft | reward | dpo | kto | ppo | grpo | rloo
-    stage_config: dict[str, Any] = field(default_factory=dict)  # overrides of the stage's defaults
-    snapshot: dict[str, Any] = field(default_factory=dict)  # SnapshotFilter fields (label stages)
-    parent: str | None = None  # the policy to improve (default: the active one)
-    reference: str = "base"  # KL/DPO reference: the base model, or the parent policy
-    sft_source: str = "chosen"  # sft on chosen responses of the snapshot, or on prompts' "reference"s
-    grader: str = "numeric"  # reward for grpo/rloo/ppo (ReFT / RFT against references)
-    reward_job: int | None = None  # ppo: also reward with the reward model that job trained
-    evaluate: bool = True  # run the evaluation gate on the new version
-    gate: dict[str, Any] = field(default_factory=dict)  # GateConfig overrides
+    stage: str = cfg_field("dpo", "The stage: sft, reward, dpo, kto, grpo, rloo or ppo.")
+    stage_config: dict[str, Any] = cfg_field({}, "Settings of the stage that differ from its own defaults.")
+    snapshot: dict[str, Any] = cfg_field({}, "SnapshotFilter fields: which labels the round trains on (label stages).")
+    parent: str | None = cfg_field(None, "The policy version to improve (None: the active one).")
+    reference: str = cfg_field("base", "KL / DPO reference: the base model, or the parent policy.",
+                               choices=("base", "parent"))
+    sft_source: str = cfg_field("chosen", "sft trains on the snapshot's chosen responses, or on prompts' references.",
+                                choices=("chosen", "reference"))
+    grader: str = cfg_field("numeric", "Reward for grpo / rloo / ppo: a grader against references (ReFT / RFT).")
+    reward_job: int | None = cfg_field(None, "ppo: also reward with the reward model this training job produced.")
+    evaluate: bool = cfg_field(True, "Run the evaluation gate on the new version.")
+    gate: dict[str, Any] = cfg_field({}, "GateConfig overrides.")
+    snapshot_id: int | None = cfg_field(None, "Set by start_round: the snapshot frozen for this round.")
 
     def __post_init__(self) -> None:
-        if self.stage not in STAGE_MODULES:
-            raise UserError(f"Unknown stage {self.stage!r}; choose one of {', '.join(STAGE_MODULES)}.")
         if self.reference not in ("base", "parent"):
             raise UserError("reference is 'base' or 'parent'.")
         if self.sft_source not in ("chosen", "reference"):
             raise UserError("sft_source is 'chosen' or 'reference'.")
-        config_cls, _ = stage(self.stage)
+        config_cls = STAGES.get(self.stage).config
         known = {f.name for f in fields(config_cls)}
         unknown = set(self.stage_config) - known
         if unknown:
@@ -64,27 +67,30 @@ class RoundConfig:
         GateConfig(**self.gate)
 
 
+def reward_model_jobs(*, session: Session) -> list[int]:
+    """Finished rounds that trained a reward model, newest first (PPO can reward with one)."""
+    done = session.scalars(select(Job).where(Job.kind == "train", Job.status == "succeeded").order_by(Job.id.desc()))
+    return [job.id for job in done if (job.result or {}).get("reward_model_dir")]
+
+
 def uses_snapshot(config: RoundConfig) -> bool:
     return config.stage in LABEL_STAGES and not (config.stage == "sft" and config.sft_source == "reference")
 
 
-def start_round(*, session: Session, config: RoundConfig, user: User | None = None, actor: str = "cli") -> Job:
+def start_round(*, session: Session, config: RoundConfig, actor: Actor) -> Job:
     """Freeze the snapshot and queue the round. Refused while another training job is active."""
-    if user is not None:
-        require_role(user, "admin")
-        actor = f"app:{user.username}"
+    actor.require("admin")
     parent = policy_by_name(session=session, name=config.parent) if config.parent else active_policy(session=session)
     payload = {**asdict(config), "parent": parent.name}
     if uses_snapshot(config):
-        snapshot = create_snapshot(session=session, filters=SnapshotFilter(**config.snapshot), user=user)
+        snapshot = create_snapshot(session=session, filters=SnapshotFilter(**config.snapshot), actor=actor)
         payload["snapshot_id"] = snapshot.id
     active = session.scalar(select(Job).where(Job.kind == "train", Job.status.in_(jobs.ACTIVE)))
     if active is not None:
         raise UserError(f"Training job {active.id} is already {active.status}; one round at a time.")
     try:
         with session.begin_nested():  # the unique index decides when two requests race
-            job = jobs.create_job(session=session, kind="train", config=payload,
-                                  created_by_id=user.id if user else None, actor=actor)
+            job = jobs.create_job(session=session, kind="train", config=payload, actor=actor)
     except IntegrityError:
         raise UserError("Another training round was started just now; one round at a time.") from None
     return job
@@ -114,7 +120,7 @@ def _inputs(session: Session, config: RoundConfig, job: Job, parent: PolicyVersi
         reference_adapter=parent.adapter_path if config.reference == "parent" else None, resume=resume,
     )
     if uses_snapshot(config):
-        snapshot = session.get(Snapshot, job.config["snapshot_id"])
+        snapshot = session.get(Snapshot, config.snapshot_id)
         rows = rows_for_stage(session=session, snapshot=snapshot, stage=config.stage)
     elif config.stage == "sft":
         rows = [{"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["reference"]}]}
@@ -134,21 +140,21 @@ def _inputs(session: Session, config: RoundConfig, job: Job, parent: PolicyVersi
 
 
 def run_round(*, engine: Engine, job: Job, reporter: jobs.Reporter) -> dict[str, Any]:
-    config = RoundConfig(**{k: v for k, v in job.config.items() if k not in ("snapshot_id",)})
+    config = RoundConfig(**job.config)
     with session_scope(engine) as s:
         parent = policy_by_name(session=s, name=config.parent)
         inputs = _inputs(s, config, s.get(Job, job.id), parent)
         if config.stage == "dpo" and SnapshotFilter(**config.snapshot).rule == "soft":
-            smoothing = disagreement_rate(session=s, snapshot=s.get(Snapshot, job.config["snapshot_id"]))
+            smoothing = disagreement_rate(session=s, snapshot=s.get(Snapshot, config.snapshot_id))
             config.stage_config = {"loss_type": "robust", **config.stage_config, "label_smoothing": round(smoothing, 4)}
     callback = JobCallback(reporter)
     inputs.callbacks = [callback]
-    config_cls, main = stage(config.stage)
-    stage_config = config_cls(**config.stage_config)
+    round_stage = STAGES.get(config.stage)
+    stage_config = round_stage.config(**config.stage_config)
     reporter.progress(0, stage_config.max_steps if stage_config.max_steps > 0 else None,
                       log=f"{config.stage} on {len(inputs.train_rows)} rows from {parent.name}"
                           + (" (resuming from a checkpoint)" if inputs.resume else ""))
-    result = main(stage_config, inputs)
+    result = round_stage.main(stage_config, inputs)
     if callback.cancelled:
         raise jobs.Cancelled()
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str)) or v is None}
@@ -172,18 +178,23 @@ def run_round(*, engine: Engine, job: Job, reporter: jobs.Reporter) -> dict[str,
         )
         s.add(version)
         s.flush()
-        audit.record(session=s, actor=f"worker:job-{job.id}", action="policy.create", target=f"policy:{version.id}",
-                     details={"name": name, "parent": parent.name, "stage": config.stage})
+        Actor.worker(job.id).record(session=s, action="policy.create", target=f"policy:{version.id}",
+                                    details={"name": name, "parent": parent.name, "stage": config.stage})
     out = {"stage": config.stage, "policy_version": name, "parent": parent.name, "metrics": metrics}
     if config.evaluate:
         reporter.progress(stage_config.max_steps, None, log=f"evaluating {name} against {parent.name}")
         evaluation = evaluate(engine=engine, candidate=name, baseline=parent.name, config=GateConfig(**config.gate))
         with session_scope(engine) as s:
             s.scalar(select(PolicyVersion).where(PolicyVersion.name == name)).evaluation = evaluation
-        out["gate"] = {k: evaluation.get(k) for k in ("win_rate", "win_rate_ci95", "accuracy", "baseline_accuracy", "passed")}
+        out["gate"] = {k: evaluation.get(k)
+                       for k in ("win_rate", "win_rate_ci95", "accuracy", "baseline_accuracy", "passed")}
     return out
 
 
-@jobs.register("train")
 def run_train_job(*, engine: Engine, job, reporter: jobs.Reporter) -> dict[str, Any]:
     return run_round(engine=engine, job=job, reporter=reporter)
+
+
+# The gate samples from the policy and may ask an AI judge: a round's worker needs all three keys.
+TRAIN_JOB = jobs.JobKind(runner=run_train_job, config=RoundConfig,
+                         secrets=("POLICY_API_KEY", "ANTHROPIC_API_KEY", "JUDGE_API_KEY"))

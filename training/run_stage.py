@@ -16,12 +16,17 @@ import json
 import sys
 from pathlib import Path
 
+from feedback.config_fields import add_arguments, flag_values
 from feedback.errors import UserError
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(stage: str | None = None) -> argparse.ArgumentParser:
+    """The flags; with `stage`, also one flag per field of that stage's config (its help and default
+    included: `--stage dpo --help` lists them)."""
+    from training.stages import STAGES
+
     parser = argparse.ArgumentParser(prog="python -m training.run_stage", description=__doc__.split("\n")[0])
-    parser.add_argument("--stage", required=True, help="sft, reward, dpo, kto, grpo, rloo or ppo")
+    parser.add_argument("--stage", required=True, choices=STAGES.names())
     parser.add_argument("--rows", required=True, help="JSONL rows in the stage's TRL columns")
     parser.add_argument("--eval-rows", help="JSONL rows held out for evaluation (reward stage)")
     parser.add_argument("--model-dir", required=True, help="the base model directory")
@@ -30,8 +35,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference-adapter", help="reference policy = base + this adapter (default: the base)")
     parser.add_argument("--grader", help="grader spec giving the reward (grpo, rloo, ppo)")
     parser.add_argument("--reward-model-dir", help="a trained reward model (ppo)")
-    parser.add_argument("--config", default="{}", help="JSON object of stage settings")
+    parser.add_argument("--config", default="{}", help="JSON object of stage settings (the flags below override it)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output-dir")
+    if stage in STAGES:
+        add_arguments(parser.add_argument_group(f"{stage} settings"), STAGES.get(stage).config)
     return parser
 
 
@@ -42,12 +49,16 @@ def _rows(path: str | None) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.stages.base import StageInputs, stage
+    from training.stages import STAGES
+    from training.stages.base import StageInputs
 
-    args = make_parser().parse_args(argv)
+    # Which stage first (without --help, which must wait for that stage's flags), then everything.
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--stage")
+    args = make_parser(peek.parse_known_args(argv)[0].stage).parse_args(argv)
     try:
-        config_cls, run = stage(args.stage)
-        cfg = config_cls(**json.loads(args.config))
+        chosen = STAGES.get(args.stage)
+        cfg = chosen.config(**{**json.loads(args.config), **flag_values(args, chosen.config)})
         reward_funcs = []
         if args.grader:
             from judges.graders import as_reward_func, parse_grader
@@ -57,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                              parent_adapter=args.parent_adapter, reference_adapter=args.reference_adapter,
                              train_rows=_rows(args.rows), eval_rows=_rows(args.eval_rows), reward_funcs=reward_funcs,
                              reward_model_dir=args.reward_model_dir, resume=args.resume)
-        result = run(cfg, inputs)
+        result = chosen.main(cfg, inputs)
     except (UserError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,15 +16,15 @@ import hashlib
 import json
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import LABEL_SOURCES, Item, Label, PolicyVersion, Prompt, Response, Snapshot, SnapshotLabel, User
-from feedback import audit
+from db.models import LABEL_SOURCES, Item, Label, PolicyVersion, Prompt, Response, Snapshot, SnapshotLabel
+from feedback.actors import Actor
 from feedback.errors import UserError
 from feedback.export import kto_rows, preference_rows
 
@@ -66,22 +66,23 @@ def _matching_label_ids(session: Session, f: SnapshotFilter) -> list[int]:
 
 
 def _aware(value: str) -> datetime:
-    from datetime import timezone
 
     moment = datetime.fromisoformat(value)
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def create_snapshot(*, session: Session, filters: SnapshotFilter, user: User | None = None) -> Snapshot:
+def create_snapshot(*, session: Session, filters: SnapshotFilter, actor: Actor) -> Snapshot:
+    actor.require("admin")
     label_ids = _matching_label_ids(session, filters)
     if not label_ids:
         raise UserError("No labels match that filter: nothing to train on.")
-    digest = hashlib.sha256(json.dumps({"labels": label_ids, "filters": asdict(filters)}, sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps({"labels": label_ids, "filters": asdict(filters)},
+                                       sort_keys=True).encode()).hexdigest()
     existing = session.scalar(select(Snapshot).where(Snapshot.content_hash == digest))
     if existing is not None:
         return existing
     snapshot = Snapshot(content_hash=digest, filters=asdict(filters), n_labels=len(label_ids),
-                        created_by_id=user.id if user else None)
+                        created_by_id=actor.user_id)
     try:
         with session.begin_nested():
             session.add(snapshot)
@@ -90,8 +91,7 @@ def create_snapshot(*, session: Session, filters: SnapshotFilter, user: User | N
         # The same snapshot was just frozen by a concurrent request (two clicks on "start"): use it.
         return session.scalar(select(Snapshot).where(Snapshot.content_hash == digest))
     session.execute(insert(SnapshotLabel), [{"snapshot_id": snapshot.id, "label_id": i} for i in label_ids])
-    audit.record(session=session, actor=f"app:{user.username}" if user else "cli", user_id=user.id if user else None,
-                 action="snapshot.create", target=f"snapshot:{snapshot.id}",
+    actor.record(session=session, action="snapshot.create", target=f"snapshot:{snapshot.id}",
                  details={"labels": len(label_ids), "hash": digest})
     return snapshot
 

@@ -45,7 +45,7 @@ class LocalPolicyClient:
         for chunk_no, start in enumerate(range(0, len(order), self.batch_size)):
             idx = order[start : start + self.batch_size]
             seed = None if params.seed is None else params.seed + chunk_no
-            for i, completions in zip(idx, self._generate_batch([texts[i] for i in idx], params, seed)):
+            for i, completions in zip(idx, self._generate_batch([texts[i] for i in idx], params, seed), strict=True):
                 results[i] = completions
         return results
 

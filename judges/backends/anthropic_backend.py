@@ -24,7 +24,7 @@ from pydantic import SecretStr
 
 from feedback.errors import UserError
 from feedback.settings import get_settings
-from judges.backends.base import VERDICT_SCHEMA, JudgeReply, JudgeRequest, register_backend
+from judges.backends.base import VERDICT_SCHEMA, JudgeReply, JudgeRequest
 from judges.pricing import cost_usd
 
 DEFAULT_MODEL = "claude-sonnet-4-6"  # the SDK flags claude-sonnet-4-5 as deprecated (EOL 2026-11-30)
@@ -200,7 +200,8 @@ class AnthropicJudge:
                 + (f" [{retries}]" if exc.status_code in (408, 409, 429) or exc.status_code >= 500 else ""),
                 status_code=exc.status_code, error_type=error_type, request_id=exc.request_id)
         if isinstance(exc, anthropic.APITimeoutError):
-            return AnthropicJudgeError(f"Anthropic API request timed out ({self.timeout_s:g} s per attempt, {retries}).",
+            return AnthropicJudgeError(f"Anthropic API request timed out "
+                                       f"({self.timeout_s:g} s per attempt, {retries}).",
                                        error_type="timeout")
         if isinstance(exc, anthropic.APIConnectionError):
             cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
@@ -217,7 +218,6 @@ class AnthropicJudge:
         return None
 
 
-@register_backend("anthropic")
 def make_anthropic_backend(model: str | None = None, api_key: str | SecretStr | None = None,
                            base_url: str | None = None, max_retries: int = 4,
                            timeout_s: float = 60.0) -> AnthropicJudge:

@@ -6,12 +6,11 @@ parsing of verdicts is not the backend's job: judges/verdict.py does it, the sam
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from feedback.errors import UserError
+from feedback.registry import Registry
 
 # The verdict every backend is asked to produce (tool input schema / JSON mode).
 VERDICT_SCHEMA: dict[str, Any] = {
@@ -53,33 +52,17 @@ class JudgeBackend(Protocol):
         ...
 
 
-# name -> module that registers it (imported on first use, so an unused SDK is never loaded)
-_BACKEND_MODULES = {
-    "anthropic": "judges.backends.anthropic_backend",
-    "openai": "judges.backends.openai_backend",
-    "local": "judges.backends.local_backend",
-}
-_FACTORIES: dict[str, Callable[..., JudgeBackend]] = {}
-
-
-def register_backend(name: str):
-    """Register a factory `(**options) -> JudgeBackend`; tests register fakes the same way."""
-    def deco(factory):
-        _FACTORIES[name] = factory
-        return factory
-    return deco
-
-
-def backend_names() -> list[str]:
-    return sorted(set(_BACKEND_MODULES) | set(_FACTORIES))
+# name -> factory `(**options) -> JudgeBackend`; each is imported on first use, so an unused
+# provider SDK is never loaded. Plugins and test fakes register through BACKENDS.register.
+BACKENDS: Registry[Callable[..., JudgeBackend]] = Registry("judge backend", lazy={
+    "anthropic": "judges.backends.anthropic_backend:make_anthropic_backend",
+    "openai": "judges.backends.openai_backend:make_openai_backend",
+    "local": "judges.backends.local_backend:make_local",
+})
 
 
 def get_backend(name: str, **options: Any) -> JudgeBackend:
-    if name not in _FACTORIES and name in _BACKEND_MODULES:
-        importlib.import_module(_BACKEND_MODULES[name])
-    if name not in _FACTORIES:
-        raise UserError(f"Unknown judge backend {name!r}; choose one of {', '.join(backend_names())}.")
-    return _FACTORIES[name](**options)
+    return BACKENDS.get(name)(**options)
 
 
 class BatchJudgeBackend(JudgeBackend, Protocol):

@@ -14,7 +14,7 @@ import torch
 
 from feedback.model_cache import resolve_model_dir
 from feedback.settings import DEFAULT_MODEL_NAME, get_settings
-from judges.backends.base import JudgeReply, JudgeRequest, register_backend
+from judges.backends.base import JudgeReply, JudgeRequest
 
 ANSWER_PREFIX = '{"winner": "'
 OPTIONS = ("1", "2", "tie")
@@ -51,11 +51,11 @@ class LocalJudge:
         probs = torch.softmax(logits[self._option_ids], dim=0).tolist()
         winner = OPTIONS[max(range(len(OPTIONS)), key=probs.__getitem__)]
         structured = {"winner": winner,
-                      "reasoning": "next-token probabilities " + ", ".join(f"{o}={p:.3f}" for o, p in zip(OPTIONS, probs))}
+                      "reasoning": "next-token probabilities "
+                                   + ", ".join(f"{o}={p:.3f}" for o, p in zip(OPTIONS, probs, strict=True))}
         return JudgeReply(text=json.dumps(structured), structured=structured, model=self.model,
                           input_tokens=int(ids.shape[1]), output_tokens=1, cost_usd=0.0, stop_reason="scored")
 
 
-@register_backend("local")
 def make_local(model: str | None = None, **_ignored) -> LocalJudge:
     return LocalJudge(model=model)

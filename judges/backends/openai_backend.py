@@ -16,7 +16,7 @@ from openai.types.chat import ChatCompletion
 
 from feedback.errors import UserError
 from feedback.settings import get_settings
-from judges.backends.base import JudgeReply, JudgeRequest, register_backend
+from judges.backends.base import JudgeReply, JudgeRequest
 
 BASE_URL_ENV = "JUDGE_BASE_URL"  # e.g. http://127.0.0.1:8001/v1
 MODEL_ENV = "JUDGE_MODEL"  # the model name the server serves
@@ -123,7 +123,6 @@ class OpenAIJudge:
         return None
 
 
-@register_backend("openai")
 def make_openai_backend(model: str | None = None, base_url: str | None = None, api_key: str | None = None,
                         max_retries: int = 4, timeout_s: float = 60.0, json_mode: bool | None = None) -> OpenAIJudge:
     """Defaults read now from JUDGE_BASE_URL, JUDGE_MODEL and JUDGE_API_KEY (default "EMPTY")."""

@@ -1,5 +1,6 @@
-"""What every training stage shares: common hyper-parameters (with help text), the inputs a
-round hands a stage, what a stage returns, the LoRA set-up, and the stage registry.
+"""What every training stage shares, PPO included: common hyper-parameters (with help text), the
+inputs a round hands a stage, what a stage returns, the LoRA set-up, loading the policy and its
+reference, and finding the checkpoint to resume from. Running a TRL trainer is trl_stage.py's.
 
 A stage is a config dataclass + `main(cfg, inputs) -> StageResult`. It knows nothing about the
 database: training/rounds.py builds its inputs from a snapshot and stores what it returns. That
@@ -7,17 +8,12 @@ keeps every stage runnable by itself, and unchanged under `accelerate launch`.
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-
-def cfg_field(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - "help" as in argparse/HfArgumentParser
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
-    return field(default=default, metadata={"help": help}, **kwargs)
+from feedback.config_fields import cfg_field
 
 
 @dataclass
@@ -70,20 +66,6 @@ def on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def trainer_kwargs(cfg: CommonConfig, inputs: StageInputs) -> dict[str, Any]:
-    """The TrainingArguments every TRL config shares. On CPU: no bf16, no gradient checkpointing."""
-    import torch
-
-    return dict(
-        output_dir=str(inputs.output_dir), max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
-        learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, logging_steps=cfg.logging_steps,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed,
-        use_cpu=on_cpu(), bf16=not on_cpu() and torch.cuda.is_bf16_supported(),
-        activation_checkpointing=False, report_to=[], disable_tqdm=True, dataloader_num_workers=0,
-    )
-
-
 def lora_config(cfg: CommonConfig, task_type: str = "CAUSAL_LM"):
     """LoRA on the attention and MLP projections: no bias, no DoRA, no embeddings or lm_head
     (what vLLM's LoRA loader supports)."""
@@ -132,88 +114,3 @@ def latest_checkpoint(output_dir: Path) -> str | None:
     complete = [p for p in Path(output_dir).glob("checkpoint-*")
                 if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()]
     return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
-
-
-def use_reference_adapter(model, inputs: StageInputs, *, needed: bool = True) -> None:
-    """Give a PEFT policy the reference `inputs` asks for; call it once the TRL trainer is built.
-
-    TRL's DPO/KTO/GRPO/RLOO trainers take reference log-probs from an adapter named "ref" when the
-    model has one, else with all adapters disabled (the base). Handed a PeftModel (a parent adapter)
-    they add "ref" as a copy of it, which would make the parent the reference even when the round
-    asked for the base. So: drop that copy, and load the reference adapter, frozen, under that name.
-    needed=False (no KL term) only drops it.
-    """
-    from peft import PeftModel
-
-    if not isinstance(model, PeftModel):
-        return
-    if "ref" in model.peft_config:
-        model.delete_adapter("ref")
-    if needed and inputs.reference_adapter:
-        model.load_adapter(inputs.reference_adapter, adapter_name="ref", is_trainable=False)
-
-
-def rows_dataset(rows: list[dict[str, Any]], required: set[str], stage_name: str):
-    """A datasets.Dataset of a stage's rows, after checking they have the columns it trains on."""
-    from datasets import Dataset
-
-    from feedback.errors import UserError
-
-    if not rows:
-        raise UserError(f"{stage_name}: no training rows.")
-    missing = required - set(rows[0])
-    if missing:
-        raise UserError(f"{stage_name} rows need {', '.join(sorted(required))} (missing {', '.join(sorted(missing))}).")
-    return Dataset.from_list(rows)
-
-
-def run_trainer(trainer, inputs: StageInputs, log_keys: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Train (from the newest checkpoint when resuming) and return the metrics every stage reports,
-    plus `log_keys` from the last logged training step."""
-    from training.stages.safe_checkpoints import without_pickle
-
-    checkpoint = latest_checkpoint(inputs.output_dir) if inputs.resume else None
-    output = without_pickle(trainer).train(resume_from_checkpoint=checkpoint)
-    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
-    last = logged[-1] if logged else {}
-    return {"train_loss": output.training_loss, "global_step": trainer.state.global_step,
-            "resumed_from": checkpoint, "first_loss": logged[0]["loss"] if logged else None,
-            "last_loss": last.get("loss"), **{key: last[key] for key in log_keys if key in last}}
-
-
-def save_policy(trainer, inputs: StageInputs) -> StageResult:
-    """The trained policy as safetensors: the LoRA adapter in output_dir/adapter (without TRL's
-    "ref" copy), or with use_lora off the full model in output_dir/model."""
-    from peft import PeftModel
-
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if isinstance(model, PeftModel):
-        adapter_dir = Path(inputs.output_dir) / "adapter"
-        model.save_pretrained(adapter_dir, selected_adapters=["default"])
-        return StageResult(adapter_dir=adapter_dir)
-    model_dir = Path(inputs.output_dir) / "model"
-    model.save_pretrained(model_dir)
-    trainer.processing_class.save_pretrained(model_dir)
-    return StageResult(model_dir=model_dir)
-
-
-# stage name -> module defining CONFIG (a dataclass) and main(cfg, inputs)
-STAGE_MODULES = {
-    "sft": "training.stages.sft",
-    "reward": "training.stages.reward",
-    "dpo": "training.stages.dpo",
-    "kto": "training.stages.kto",
-    "grpo": "training.stages.grpo",
-    "rloo": "training.stages.rloo",
-    "ppo": "training.ppo",
-}
-
-
-def stage(name: str):
-    """(config class, main) of a stage."""
-    from feedback.errors import UserError
-
-    if name not in STAGE_MODULES:
-        raise UserError(f"Unknown stage {name!r}; choose one of {', '.join(STAGE_MODULES)}.")
-    module = importlib.import_module(STAGE_MODULES[name])
-    return module.CONFIG, module.main

@@ -8,26 +8,17 @@ loss variants that suit human and AI-judge labels:
 
 `ld_alpha` (LD-DPO) down-weights the part of the longer response beyond the shorter one's length,
 against DPO's bias towards longer answers. The reference policy is the base model, or base + the
-round's reference adapter (see base.use_reference_adapter).
+round's reference adapter (see trl_stage.use_reference_adapter).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from feedback.config_fields import cfg_field
 from feedback.errors import UserError
-from training.stages.base import (
-    CommonConfig,
-    StageInputs,
-    StageResult,
-    cfg_field,
-    load_policy,
-    load_reference,
-    rows_dataset,
-    run_trainer,
-    save_policy,
-    trainer_kwargs,
-    use_reference_adapter,
-)
+from training.stages import Stage
+from training.stages.base import CommonConfig, StageInputs, StageResult
+from training.stages.trl_stage import KLReference, run_trl_stage
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 LOG_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
@@ -36,7 +27,7 @@ LOG_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/ac
 @dataclass
 class DPOStageConfig(CommonConfig):
     loss_type: str = cfg_field("sigmoid", "DPO variant: sigmoid (DPO), ipo (IPO), hinge (SLiC) or robust "
-                                          "(robust DPO for noisy labels; set label_smoothing).")
+                                          "(robust DPO for noisy labels; set label_smoothing).", choices=LOSS_TYPES)
     beta: float = cfg_field(0.1, "Strength of the pull towards the reference policy (higher: stay closer). "
                                  "For ipo it is the regulariser tau; the target log-ratio margin is 1/(2*beta).")
     label_smoothing: float = cfg_field(0.0, "robust only: the assumed probability that a label is flipped, in "
@@ -59,23 +50,14 @@ class DPOStageConfig(CommonConfig):
             raise UserError(f"dpo: ld_alpha must be in [0, 1] or None (got {self.ld_alpha}).")
 
 
-CONFIG = DPOStageConfig
-
-
 def main(cfg: DPOStageConfig, inputs: StageInputs) -> StageResult:
     from trl import DPOConfig, DPOTrainer
 
-    dataset = rows_dataset(inputs.train_rows, {"prompt", "chosen", "rejected"}, "dpo")
-    model, tokenizer, peft_config = load_policy(cfg, inputs)
-    # LoRA: the reference is the policy with its adapters off, or the frozen "ref" adapter set up below.
-    # Full fine-tuning: TRL loads the base itself unless a reference adapter asks for base + adapter.
-    ref_model = load_reference(inputs) if not cfg.use_lora and inputs.reference_adapter else None
-    args = DPOConfig(**trainer_kwargs(cfg, inputs), max_length=cfg.max_length, loss_type=[cfg.loss_type],
-                     beta=cfg.beta, label_smoothing=cfg.label_smoothing, ld_alpha=cfg.ld_alpha)
-    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
-                         processing_class=tokenizer, callbacks=list(inputs.callbacks), peft_config=peft_config)
-    use_reference_adapter(trainer.accelerator.unwrap_model(trainer.model), inputs)
-    metrics = run_trainer(trainer, inputs, log_keys=LOG_KEYS)
-    result = save_policy(trainer, inputs)
-    result.metrics = metrics
-    return result
+    return run_trl_stage(
+        cfg, inputs, name="dpo", config_class=DPOConfig, trainer_class=DPOTrainer,
+        columns={"prompt", "chosen", "rejected"}, log_keys=LOG_KEYS, reference=KLReference(),
+        config_kwargs={"max_length": cfg.max_length, "loss_type": [cfg.loss_type], "beta": cfg.beta,
+                       "label_smoothing": cfg.label_smoothing, "ld_alpha": cfg.ld_alpha})
+
+
+STAGE = Stage(config=DPOStageConfig, main=main)

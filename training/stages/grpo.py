@@ -6,7 +6,7 @@ Each prompt gets num_generations samples, generated in-process with transformers
 use_vllm stays off, so this runs on CPU); a sample's advantage is its reward relative to its
 group. beta defaults to 0.0 as in TRL (DAPO / Dr. GRPO): with verifiable rewards the KL term
 buys little, and without it no reference forward pass is paid per step. With beta > 0 the
-reference is the base model, or base + the round's reference adapter (base.use_reference_adapter).
+reference is the base model, or base + the round's reference adapter (trl_stage.use_reference_adapter).
 """
 from __future__ import annotations
 
@@ -14,19 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from feedback.config_fields import cfg_field
 from feedback.errors import UserError
-from training.stages.base import (
-    CommonConfig,
-    StageInputs,
-    StageResult,
-    cfg_field,
-    load_policy,
-    rows_dataset,
-    run_trainer,
-    save_policy,
-    trainer_kwargs,
-    use_reference_adapter,
-)
+from training.stages import Stage
+from training.stages.base import CommonConfig, StageInputs, StageResult
+from training.stages.trl_stage import KLReference, run_trl_stage
 
 LOG_KEYS = ("reward", "reward_std", "kl", "completions/mean_length", "frac_reward_zero_std")
 
@@ -41,9 +33,6 @@ class GRPOStageConfig(CommonConfig):
 
     def __post_init__(self) -> None:
         check_group_sizes(self, "grpo")
-
-
-CONFIG = GRPOStageConfig
 
 
 def check_group_sizes(cfg: Any, name: str) -> None:
@@ -73,18 +62,12 @@ def reward_funcs(inputs: StageInputs, name: str) -> list[Callable[..., list[floa
 def main(cfg: GRPOStageConfig, inputs: StageInputs) -> StageResult:
     from trl import GRPOConfig, GRPOTrainer
 
-    dataset = rows_dataset(inputs.train_rows, {"prompt"}, "grpo")
-    rewards = reward_funcs(inputs, "grpo")
-    model, tokenizer, peft_config = load_policy(cfg, inputs)
-    if not cfg.use_lora and cfg.beta and inputs.reference_adapter:
-        raise UserError("grpo: a reference adapter needs use_lora (full fine-tuning uses the base as reference).")
-    args = GRPOConfig(**trainer_kwargs(cfg, inputs), num_generations=cfg.num_generations,
-                      max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, beta=cfg.beta,
-                      use_vllm=False)
-    trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=dataset,
-                          processing_class=tokenizer, callbacks=list(inputs.callbacks), peft_config=peft_config)
-    use_reference_adapter(trainer.accelerator.unwrap_model(trainer.model), inputs, needed=cfg.beta != 0.0)
-    metrics = run_trainer(trainer, inputs, log_keys=LOG_KEYS)
-    result = save_policy(trainer, inputs)
-    result.metrics = metrics
-    return result
+    return run_trl_stage(
+        cfg, inputs, name="grpo", config_class=GRPOConfig, trainer_class=GRPOTrainer, columns={"prompt"},
+        log_keys=LOG_KEYS, reference=KLReference(in_loss=cfg.beta != 0.0, trainer_takes_ref_model=False),
+        trainer_kwargs={"reward_funcs": reward_funcs(inputs, "grpo")},
+        config_kwargs={"num_generations": cfg.num_generations, "max_completion_length": cfg.max_completion_length,
+                       "temperature": cfg.temperature, "beta": cfg.beta, "use_vllm": False})
+
+
+STAGE = Stage(config=GRPOStageConfig, main=main)

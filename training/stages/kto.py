@@ -8,20 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from feedback.config_fields import cfg_field
 from feedback.errors import UserError
-from training.stages.base import (
-    CommonConfig,
-    StageInputs,
-    StageResult,
-    cfg_field,
-    load_policy,
-    load_reference,
-    rows_dataset,
-    run_trainer,
-    save_policy,
-    trainer_kwargs,
-    use_reference_adapter,
-)
+from training.stages import Stage
+from training.stages.base import CommonConfig, StageInputs, StageResult
+from training.stages.trl_stage import KLReference, run_trl_stage
 
 LOG_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "kl")
 
@@ -44,9 +35,6 @@ class KTOStageConfig(CommonConfig):
                             "other examples in the batch).")
 
 
-CONFIG = KTOStageConfig
-
-
 def label_weights(cfg: KTOStageConfig, labels: list[bool]) -> tuple[float, float]:
     """(desirable_weight, undesirable_weight) for these labels."""
     desirable, undesirable = cfg.desirable_weight, cfg.undesirable_weight
@@ -62,16 +50,15 @@ def label_weights(cfg: KTOStageConfig, labels: list[bool]) -> tuple[float, float
 def main(cfg: KTOStageConfig, inputs: StageInputs) -> StageResult:
     from trl import KTOConfig, KTOTrainer
 
-    dataset = rows_dataset(inputs.train_rows, {"prompt", "completion", "label"}, "kto")
-    desirable, undesirable = label_weights(cfg, [bool(label) for label in dataset["label"]])
-    model, tokenizer, peft_config = load_policy(cfg, inputs)
-    ref_model = load_reference(inputs) if not cfg.use_lora and inputs.reference_adapter else None
-    args = KTOConfig(**trainer_kwargs(cfg, inputs), max_length=cfg.max_length, beta=cfg.beta,
-                     desirable_weight=desirable, undesirable_weight=undesirable)
-    trainer = KTOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
-                         processing_class=tokenizer, callbacks=list(inputs.callbacks), peft_config=peft_config)
-    use_reference_adapter(trainer.accelerator.unwrap_model(trainer.model), inputs)
-    metrics = run_trainer(trainer, inputs, log_keys=LOG_KEYS)
-    result = save_policy(trainer, inputs)
-    result.metrics = {**metrics, "desirable_weight": desirable, "undesirable_weight": undesirable}
+    # Read before run_trl_stage checks the rows: rows without a label column fail that check.
+    desirable, undesirable = label_weights(cfg, [bool(row.get("label")) for row in inputs.train_rows])
+    result = run_trl_stage(
+        cfg, inputs, name="kto", config_class=KTOConfig, trainer_class=KTOTrainer,
+        columns={"prompt", "completion", "label"}, log_keys=LOG_KEYS, reference=KLReference(),
+        config_kwargs={"max_length": cfg.max_length, "beta": cfg.beta, "desirable_weight": desirable,
+                       "undesirable_weight": undesirable})
+    result.metrics.update(desirable_weight=desirable, undesirable_weight=undesirable)
     return result
+
+
+STAGE = Stage(config=KTOStageConfig, main=main)

@@ -6,22 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from feedback.errors import UserError
-from training.stages.base import (
-    CommonConfig,
-    StageInputs,
-    StageResult,
-    cfg_field,
-    load_policy,
-    rows_dataset,
-    run_trainer,
-    save_policy,
-    trainer_kwargs,
-    use_reference_adapter,
-)
-from training.stages.grpo import check_group_sizes, reward_funcs
-
-LOG_KEYS = ("reward", "reward_std", "kl", "completions/mean_length", "frac_reward_zero_std")
+from feedback.config_fields import cfg_field
+from training.stages import Stage
+from training.stages.base import CommonConfig, StageInputs, StageResult
+from training.stages.grpo import LOG_KEYS, check_group_sizes, reward_funcs
+from training.stages.trl_stage import KLReference, run_trl_stage
 
 
 @dataclass
@@ -37,24 +26,16 @@ class RLOOStageConfig(CommonConfig):
         check_group_sizes(self, "rloo")
 
 
-CONFIG = RLOOStageConfig
-
-
 def main(cfg: RLOOStageConfig, inputs: StageInputs) -> StageResult:
     from trl import RLOOConfig, RLOOTrainer
 
-    dataset = rows_dataset(inputs.train_rows, {"prompt"}, "rloo")
-    rewards = reward_funcs(inputs, "rloo")
-    model, tokenizer, peft_config = load_policy(cfg, inputs)
-    if not cfg.use_lora and cfg.beta and inputs.reference_adapter:
-        raise UserError("rloo: a reference adapter needs use_lora (full fine-tuning uses the base as reference).")
-    args = RLOOConfig(**trainer_kwargs(cfg, inputs), num_generations=cfg.num_generations,
-                      max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, beta=cfg.beta,
-                      normalize_advantages=cfg.normalize_advantages, use_vllm=False)
-    trainer = RLOOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=dataset,
-                          processing_class=tokenizer, callbacks=list(inputs.callbacks), peft_config=peft_config)
-    use_reference_adapter(trainer.accelerator.unwrap_model(trainer.model), inputs, needed=cfg.beta != 0.0)
-    metrics = run_trainer(trainer, inputs, log_keys=LOG_KEYS)
-    result = save_policy(trainer, inputs)
-    result.metrics = metrics
-    return result
+    return run_trl_stage(
+        cfg, inputs, name="rloo", config_class=RLOOConfig, trainer_class=RLOOTrainer, columns={"prompt"},
+        log_keys=LOG_KEYS, reference=KLReference(in_loss=cfg.beta != 0.0, trainer_takes_ref_model=False),
+        trainer_kwargs={"reward_funcs": reward_funcs(inputs, "rloo")},
+        config_kwargs={"num_generations": cfg.num_generations, "max_completion_length": cfg.max_completion_length,
+                       "temperature": cfg.temperature, "beta": cfg.beta,
+                       "normalize_advantages": cfg.normalize_advantages, "use_vllm": False})
+
+
+STAGE = Stage(config=RLOOStageConfig, main=main)

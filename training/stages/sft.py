@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from training.stages.base import (
-    CommonConfig,
-    StageInputs,
-    StageResult,
-    cfg_field,
-    load_policy,
-    rows_dataset,
-    run_trainer,
-    save_policy,
-    trainer_kwargs,
-)
+from feedback.config_fields import cfg_field
+from training.stages import Stage
+from training.stages.base import CommonConfig, StageInputs, StageResult
+from training.stages.trl_stage import run_trl_stage
+
+LOG_KEYS = ("mean_token_accuracy", "num_tokens")
 
 
 @dataclass
@@ -23,19 +18,13 @@ class SFTStageConfig(CommonConfig):
     completion_only_loss: bool = cfg_field(True, "Train on the completion tokens only, not on the prompt.")
 
 
-CONFIG = SFTStageConfig
-
-
 def main(cfg: SFTStageConfig, inputs: StageInputs) -> StageResult:
     from trl import SFTConfig, SFTTrainer
 
-    dataset = rows_dataset(inputs.train_rows, {"prompt", "completion"}, "sft")
-    model, tokenizer, peft_config = load_policy(cfg, inputs)
-    args = SFTConfig(**trainer_kwargs(cfg, inputs), max_length=cfg.max_length,
-                     completion_only_loss=cfg.completion_only_loss)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=list(inputs.callbacks), peft_config=peft_config)
-    metrics = run_trainer(trainer, inputs, log_keys=("mean_token_accuracy", "num_tokens"))
-    result = save_policy(trainer, inputs)
-    result.metrics = metrics
-    return result
+    return run_trl_stage(
+        cfg, inputs, name="sft", config_class=SFTConfig, trainer_class=SFTTrainer,
+        columns={"prompt", "completion"}, log_keys=LOG_KEYS,
+        config_kwargs={"max_length": cfg.max_length, "completion_only_loss": cfg.completion_only_loss})
+
+
+STAGE = Stage(config=SFTStageConfig, main=main)

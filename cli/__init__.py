@@ -11,8 +11,8 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from feedback.cli import judging, training
-from feedback.cli.common import get_engine, read_password_stdin, run_job_inline
+from cli import job_kinds, judging, training
+from cli.common import get_engine, read_password_stdin, run_job_inline
 from feedback.errors import UserError
 
 
@@ -32,9 +32,9 @@ def cmd_model_prepare(args) -> None:
 
 def cmd_setup(args) -> None:
     """Everything `make run` needs before starting the app; safe to run again."""
+    from cli.demo import ADMIN_USERNAME, seed_demo
     from db.engine import session_scope
     from db.migrate import upgrade
-    from feedback.demo import ADMIN_USERNAME, seed_demo
     from feedback.settings import get_settings
 
     settings = get_settings()
@@ -65,6 +65,7 @@ def _sample_demo_in_background(database_url: str) -> None:
     from db.engine import session_scope
     from db.models import Item, Job
     from feedback import jobs
+    from feedback.actors import SETUP
     from feedback.sampling import SamplingConfig
 
     with session_scope(get_engine()) as session:
@@ -73,18 +74,19 @@ def _sample_demo_in_background(database_url: str) -> None:
         if has_items or running:
             return
         config = SamplingConfig(limit=100, tags=["demo"], items="both", max_new_tokens=96, seed=0)
-        job = jobs.create_job(session=session, kind="sample", config=asdict(config), actor="setup")
+        job = jobs.create_job(session=session, kind="sample", config=asdict(config), actor=SETUP)
     jobs.start_detached(job=job, database_url=database_url)
     print(f"sampling the demo prompts in the background (job {job.id}); the Data page shows its progress")
 
 
 def cmd_users_add(args) -> None:
     from db.engine import session_scope
+    from feedback.actors import CLI
     from feedback.users import create_user, generate_password
 
     password = read_password_stdin() if args.password_stdin else generate_password()
     with session_scope(get_engine()) as session:
-        create_user(session=session, username=args.name, role=args.role, password=password)
+        create_user(session=session, username=args.name, role=args.role, password=password, actor=CLI)
     print(f"created {args.role} {args.name!r}")
     if not args.password_stdin:
         print(f"password (shown once): {password}")
@@ -92,11 +94,12 @@ def cmd_users_add(args) -> None:
 
 def cmd_users_reset_password(args) -> None:
     from db.engine import session_scope
+    from feedback.actors import CLI
     from feedback.users import generate_password, set_password
 
     password = read_password_stdin() if args.password_stdin else generate_password()
     with session_scope(get_engine()) as session:
-        set_password(session=session, username=args.name, password=password)
+        set_password(session=session, username=args.name, password=password, actor=CLI)
     print(f"password of {args.name!r} changed")
     if not args.password_stdin:
         print(f"new password (shown once): {password}")
@@ -104,19 +107,15 @@ def cmd_users_reset_password(args) -> None:
 
 def cmd_prompts_import(args) -> None:
     from db.engine import session_scope
-    from feedback import audit
+    from feedback.actors import CLI
     from feedback.prompts import import_prompts
 
     path = Path(args.path)
     if not path.exists():
         raise UserError(f"{path}: no such file or directory.")
     with session_scope(get_engine()) as session:
-        report = import_prompts(session=session, path=path, source=args.source,
+        report = import_prompts(session=session, path=path, source=args.source, actor=CLI,
                                 on_error="skip" if args.skip_invalid else "abort", val_fraction=args.val_fraction)
-        if report.committed:
-            audit.record(session=session, actor="cli", action="prompts.import", target=str(path),
-                         details={"inserted": report.inserted, "duplicates": report.duplicates,
-                                  "errors": len(report.errors)})
     for error in report.errors[:50]:
         print(f"  {error.where}: {error.reason}", file=sys.stderr)
     if len(report.errors) > 50:
@@ -129,14 +128,10 @@ def cmd_prompts_import(args) -> None:
 def cmd_sample(args) -> None:
     from dataclasses import asdict
 
+    from feedback.config_fields import flag_values
     from feedback.sampling import SamplingConfig
 
-    config = SamplingConfig(
-        limit=args.limit, n_per_prompt=args.n_per_prompt, policy_version=args.policy_version,
-        versus_version=args.versus, temperature=args.temperature, top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens, seed=args.seed, split=args.split, tags=args.tag or [],
-        items=args.items,
-    )
+    config = SamplingConfig(**flag_values(args, SamplingConfig))
     job = run_job_inline("sample", asdict(config), args.detach, "prompt")
     if job is None:
         return
@@ -160,10 +155,11 @@ def cmd_export(args) -> None:
 def cmd_jobs_resume(args) -> None:
     from db.engine import session_scope
     from feedback import jobs
+    from feedback.actors import CLI
     from feedback.settings import get_settings
 
     with session_scope(get_engine()) as session:
-        job = jobs.resume(session=session, job_id=args.id)
+        job = jobs.resume(session=session, job_id=args.id, actor=CLI)
     pid = jobs.start_detached(job=job, database_url=get_settings().database_url)
     print(f"job {args.id} resumed in the background (pid {pid})")
 
@@ -182,10 +178,11 @@ def cmd_jobs_list(args) -> None:
 
 def cmd_jobs_cancel(args) -> None:
     from db.engine import session_scope
+    from feedback.actors import CLI
     from feedback.jobs import request_cancel
 
     with session_scope(get_engine()) as session:
-        changed = request_cancel(session=session, job_id=args.id)
+        changed = request_cancel(session=session, job_id=args.id, actor=CLI)
     print(f"job {args.id}: {'cancel requested' if changed else 'already finished'}")
 
 
@@ -197,6 +194,9 @@ def cmd_jobs_work(args) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from feedback.config_fields import add_arguments
+    from feedback.sampling import SamplingConfig
+
     parser = argparse.ArgumentParser(prog="python -m feedback", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -236,18 +236,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prompts_import)
 
     p = sub.add_parser("sample", help="sample responses from a policy version and make items to label")
-    p.add_argument("--limit", type=int, required=True, help="how many prompts")
-    p.add_argument("--policy-version", help="version name (default: the active one)")
-    p.add_argument("--versus", help="pair against responses of this version (e.g. the previous one)")
-    p.add_argument("--n-per-prompt", type=int, default=2, help="samples per prompt")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--split", default="train", choices=("train", "val"))
-    p.add_argument("--tag", action="append", help="only prompts with this tag (repeatable)")
-    p.add_argument("--items", default="pair", choices=("pair", "single", "both"),
-                   help="pairs for pairwise labels, singles for thumbs, or both")
+    add_arguments(p, SamplingConfig, skip=("chunk_prompts",))
     p.add_argument("--detach", action="store_true", help="run as a background job and return at once")
     p.set_defaults(func=cmd_sample)
 
@@ -278,6 +267,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    job_kinds.install()
     args = make_parser().parse_args(argv)
     try:
         args.func(args)

@@ -1,19 +1,18 @@
 """Commands for AI judges and graders: judge, judge-canaries, grade."""
 from __future__ import annotations
 
-from feedback.cli.common import get_engine, run_job_inline
+from cli.common import get_engine, run_job_inline
 
 
 def cmd_judge(args) -> None:
     from dataclasses import asdict
 
     from db.engine import session_scope
+    from feedback.config_fields import flag_values
     from judges.batch import JudgeConfig
     from judges.constitutions import ensure_shipped, latest_constitution
 
-    config = JudgeConfig(constitution=args.constitution, backend=args.backend, model=args.model, mode=args.mode,
-                         on_disagreement=args.on_disagreement, selection=args.select, max_items=args.limit,
-                         max_cost_usd=args.max_cost, concurrency=args.concurrency, batch_api=args.batch_api)
+    config = JudgeConfig(**flag_values(args, JudgeConfig))
     with session_scope(get_engine()) as session:
         ensure_shipped(session=session)
         latest_constitution(session=session, name=config.constitution)  # fail early on a typo
@@ -25,9 +24,9 @@ def cmd_judge(args) -> None:
 
 
 def cmd_judge_canaries(args) -> None:
+    from db.engine import session_scope
     from judges.backends import get_backend
     from judges.canaries import run_canaries
-    from db.engine import session_scope
     from judges.constitutions import ensure_shipped, latest_constitution
 
     with session_scope(get_engine()) as session:
@@ -39,29 +38,24 @@ def cmd_judge_canaries(args) -> None:
 
 
 def cmd_grade(args) -> None:
-    from judges.graders import parse_grader
+    from dataclasses import asdict
 
-    parse_grader(args.grader)  # a bad spec is a user error before any job exists
-    job = run_job_inline("grade", {"spec": args.grader, "limit": args.limit}, args.detach, "item")
+    from feedback.config_fields import flag_values
+    from judges.grading import GradeConfig
+
+    config = GradeConfig(**flag_values(args, GradeConfig))  # a bad spec is a user error before any job exists
+    job = run_job_inline("grade", asdict(config), args.detach, "item")
     if job:
         print(f"job {job.id}: {job.result}")
 
 
 def add_commands(sub) -> None:
+    from feedback.config_fields import add_arguments
+    from judges.batch import JudgeConfig
+    from judges.grading import GradeConfig
+
     p = sub.add_parser("judge", help="label pairs with an AI judge under a constitution (both orders)")
-    p.add_argument("--constitution", default="default")
-    p.add_argument("--backend", default="local", help="anthropic, openai or local")
-    p.add_argument("--model", help="the backend's model (default: its own default)")
-    p.add_argument("--mode", default="sample", choices=("sample", "all"),
-                   help="one principle sampled per pair, or a verdict per principle combined")
-    p.add_argument("--on-disagreement", default="escalate", choices=("escalate", "tie"),
-                   help="when the two orders disagree: leave the pair to humans, or label a tie")
-    p.add_argument("--select", default="unlabelled", choices=("unlabelled", "disputed", "calibration"),
-                   help="unlabelled pairs, pairs humans disagree on, or a sample of human-labelled pairs")
-    p.add_argument("--limit", type=int, default=50, help="most pairs to judge")
-    p.add_argument("--max-cost", type=float, help="stop taking new pairs past this many US dollars")
-    p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--batch-api", action="store_true", help="the provider's batch API (Anthropic: half price)")
+    add_arguments(p, JudgeConfig)
     p.add_argument("--detach", action="store_true", help="run as a background job and return at once")
     p.set_defaults(func=cmd_judge)
 
@@ -74,8 +68,6 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_judge_canaries)
 
     p = sub.add_parser("grade", help="score items against their prompts' references with a grader")
-    p.add_argument("--grader", required=True, help="e.g. numeric, exact, regex:PATTERN, multi:0.7*numeric+0.3*similarity")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--detach", action="store_true")
+    add_arguments(p, GradeConfig)
+    p.add_argument("--detach", action="store_true", help="run as a background job and return at once")
     p.set_defaults(func=cmd_grade)
-

@@ -73,7 +73,8 @@ class Recorded:
 def api_error(status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> Reply:
     """The API's error envelope: {"type": "error", "error": {"type": ..., "message": ...}, "request_id": ...}."""
     return Reply(status=status, headers=dict(headers or {}), json={
-        "type": "error", "error": {"type": error_type, "message": message}, "request_id": f"req_stub_{uuid.uuid4().hex[:12]}",
+        "type": "error", "error": {"type": error_type, "message": message},
+        "request_id": f"req_stub_{uuid.uuid4().hex[:12]}",
     })
 
 
@@ -172,7 +173,8 @@ def request_text(request: dict[str, Any]) -> str:
 
 
 _TAGGED = re.compile(r"<response_([12])\b[^>]*>\n?(.*?)\n?</response_\1\b", re.DOTALL)
-_HEADED = re.compile(r"(?:^|\n)\W*Response\s*([12])\W*\n(.*?)(?=\n\W*Response\s*[12]\W*\n|\Z)", re.DOTALL | re.IGNORECASE)
+_HEADED = re.compile(r"(?:^|\n)\W*Response\s*([12])\W*\n(.*?)(?=\n\W*Response\s*[12]\W*\n|\Z)",
+                     re.DOTALL | re.IGNORECASE)
 
 
 def responses_in(request: dict[str, Any]) -> tuple[str, str] | None:

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-from feedback.cli.common import follow_job, get_engine, run_job_inline
+from cli.common import follow_job, get_engine, run_job_inline
 from feedback.errors import UserError
 
 
@@ -19,12 +20,18 @@ def _load_config(path: str | None) -> dict:
 
 def cmd_train(args) -> None:
     from db.engine import session_scope
+    from feedback.actors import CLI
+    from feedback.config_fields import flag_values
     from training.rounds import RoundConfig, start_round
+    from training.stages import STAGES
 
     file_config = _load_config(args.config)
-    config = RoundConfig(**{"stage": args.stage, **file_config, **({"parent": args.parent} if args.parent else {})})
+    # Stage flags override the file's stage_config; anything not given keeps the stage's default.
+    stage_config = {**file_config.pop("stage_config", {}), **flag_values(args, STAGES.get(args.stage).config)}
+    config = RoundConfig(**{**file_config, "stage": args.stage, "stage_config": stage_config,
+                            **({"parent": args.parent} if args.parent else {})})
     with session_scope(get_engine()) as session:
-        job = start_round(session=session, config=config)
+        job = start_round(session=session, config=config, actor=CLI)
     job = follow_job(job, detach=args.detach, unit="step")
     if job:
         print(f"job {job.id}: {json.dumps(job.result, default=str)}")
@@ -33,11 +40,10 @@ def cmd_train(args) -> None:
 def cmd_loop(args) -> None:
     from dataclasses import asdict
 
+    from feedback.config_fields import flag_values
     from training.loop import LoopConfig
 
-    config = LoopConfig(**{**_load_config(args.config), "rounds": args.rounds, "labeler": args.labeler,
-                           **({"grader": args.grader} if args.grader else {}),
-                           **({"reward_job": args.reward_job} if args.reward_job else {})})
+    config = LoopConfig(**{**_load_config(args.config), **flag_values(args, LoopConfig)})
     job = run_job_inline("loop", asdict(config), args.detach, "round")
     if job:
         for row in job.result["rounds"]:
@@ -60,32 +66,34 @@ def cmd_policy_list(args) -> None:
 
 
 def cmd_policy_promote(args) -> None:
-    from db.engine import session_scope
-    from feedback.policies import policy_by_name, promote
-    from training.deploy import deploy
+    from feedback.actors import CLI
+    from feedback.release import release_policy
 
-    with session_scope(get_engine()) as session:
-        done = deploy(version=policy_by_name(session=session, name=args.name))
-        promote(session=session, name=args.name)
-    print(f"{args.name} is the active policy ({done})")
+    print(release_policy(engine=get_engine(), name=args.name, actor=CLI, resample=not args.no_sample).summary())
 
 
 def add_commands(sub) -> None:
-    from training.stages.base import STAGE_MODULES
+    from feedback.config_fields import add_arguments
+    from training.loop import LoopConfig
+    from training.stages import STAGES
 
-    p = sub.add_parser("train", help="run one training round (snapshot -> stage -> new policy version -> gate)")
-    p.add_argument("--stage", required=True, choices=list(STAGE_MODULES))
-    p.add_argument("--config", help="a JSON file with RoundConfig fields (stage_config, snapshot, gate, ...)")
-    p.add_argument("--parent", help="policy version to improve (default: the active one)")
-    p.add_argument("--detach", action="store_true", help="run as a background job and return at once")
-    p.set_defaults(func=cmd_train)
+    train = sub.add_parser("train", help="run one training round (snapshot -> stage -> new policy version -> gate)",
+                           description="Run one training round. Each stage takes its own settings as flags: "
+                                       "`train dpo --help` lists them with their defaults.")
+    stages = train.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name in STAGES.names():
+        config_cls = STAGES.get(name).config
+        summary = (sys.modules[config_cls.__module__].__doc__ or name).strip().split("\n\n")[0]
+        p = stages.add_parser(name, help=" ".join(summary.split()), description=summary)
+        p.add_argument("--config", help="a JSON file with RoundConfig fields (snapshot, gate, reference, ...)")
+        p.add_argument("--parent", help="policy version to improve (default: the active one)")
+        p.add_argument("--detach", action="store_true", help="run as a background job and return at once")
+        add_arguments(p, config_cls)
+        p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("loop", help="online iterative DPO: sample K, label best-vs-worst, train, promote, repeat")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--labeler", default="grader", choices=("grader", "judge", "reward"))
-    p.add_argument("--grader", help="grader spec for the grader labeler (default: numeric)")
-    p.add_argument("--reward-job", type=int, help="the reward-model round to score with (reward labeler)")
-    p.add_argument("--config", help="a JSON file with LoopConfig fields (samples_per_prompt, stage_config, gate, ...)")
+    p.add_argument("--config", help="a JSON file with LoopConfig fields (stage_config, gate, ...); flags override it")
+    add_arguments(p, LoopConfig)
     p.add_argument("--detach", action="store_true", help="run as a background job and return at once")
     p.set_defaults(func=cmd_loop)
 
@@ -95,4 +103,6 @@ def add_commands(sub) -> None:
                        ("rollback", "make an earlier version the active policy again")):
         p = policy.add_parser(verb, help=text)
         p.add_argument("name")
+        p.add_argument("--no-sample", action="store_true",
+                       help="do not start sampling from the new active policy for annotators")
         p.set_defaults(func=cmd_policy_promote)

@@ -24,9 +24,10 @@ def run_job_inline(kind: str, config: dict, detach: bool, unit: str):
     """Create a job; run it here with a progress bar, or in a detached worker."""
     from db.engine import session_scope
     from feedback import jobs
+    from feedback.actors import CLI
 
     with session_scope(get_engine()) as session:
-        job = jobs.create_job(session=session, kind=kind, config=config)
+        job = jobs.create_job(session=session, kind=kind, config=config, actor=CLI)
     return follow_job(job, detach=detach, unit=unit)
 
 

@@ -1,0 +1,82 @@
+"""Data factories shared by the tests and the benchmarks: rows built straight through the ORM,
+without the import, sampling or labelling services (those are what the tests exercise)."""
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import Engine
+
+from db.engine import session_scope
+from db.models import Item, PolicyVersion, Prompt, QueueSettings, Response, User
+from feedback import queue
+from feedback.actors import Actor
+from feedback.policies import ensure_base_policy
+from feedback.prompts import canonical_messages, content_hash
+from judges.constitutions import ensure_shipped
+
+# Who the factories' audit rows name, unless a caller says otherwise (bench/judge.py: "bench").
+FACTORY = Actor.process("testkit")
+
+# --- the annotation queue (tests/test_queue.py, tests/test_concurrency.py, bench/annotation_queue.py)
+
+
+def make_items(session, *, pairs: int = 0, singles: int = 0, tags: list[str] | None = None,
+               policy: PolicyVersion | None = None, actor: Actor = FACTORY) -> list[int]:
+    """`pairs` pair items then `singles` single items, each on its own new prompt; returns their ids.
+
+    Response texts are "<prompt> :: A" / "<prompt> :: B" so a test can tell which one is shown where.
+    """
+    policy = policy or ensure_base_policy(session=session, actor=actor)
+    items = []
+    for kind, count in (("pair", pairs), ("single", singles)):
+        for _ in range(count):
+            text = f"prompt {uuid.uuid4().hex[:12]}"
+            messages = canonical_messages(text, None)
+            prompt = Prompt(text=text, messages=messages, content_hash=content_hash(messages), split="train",
+                            tags=list(tags or []), source="test")
+            a = Response(prompt=prompt, policy_version_id=policy.id, text=f"{text} :: A")
+            b = Response(prompt=prompt, policy_version_id=policy.id, text=f"{text} :: B") if kind == "pair" else None
+            items.append(Item(kind=kind, prompt=prompt, response_a=a, response_b=b))
+    session.add_all(items)
+    session.flush()
+    return [item.id for item in items]
+
+
+def make_users(session, count: int, *, role: str = "annotator", prefix: str = "ann") -> list[int]:
+    """Users with an unusable password hash (fast: no argon2); for tests that never sign in."""
+    users = [User(username=f"{prefix}{i:03d}", role=role, password_hash="!") for i in range(count)]
+    session.add_all(users)
+    session.flush()
+    return [u.id for u in users]
+
+
+def set_queue(session, **fields) -> QueueSettings:
+    """Set fields of the queue settings row directly (no validation, no audit entry)."""
+    settings = queue.get_queue_settings(session=session)
+    for name, value in fields.items():
+        setattr(settings, name, value)
+    session.flush()
+    return settings
+
+
+# --- the AI judge (tests/test_judge_e2e.py, bench/judge.py) -------------------------------------
+
+
+def seed_short_long_pairs(engine: Engine, count: int, actor: Actor = FACTORY) -> None:
+    """`count` pairs, each a short and a long correct answer to i + i, the short one alternately
+    shown as a and as b (so a judge biased to one position is caught)."""
+    with session_scope(engine) as s:
+        ensure_shipped(session=s)
+        v0 = ensure_base_policy(session=s, actor=actor)
+        for i in range(count):
+            messages = canonical_messages(f"What is {i} + {i}?", None)
+            prompt = Prompt(text=messages[0]["content"], messages=messages, content_hash=content_hash(messages))
+            s.add(prompt)
+            s.flush()
+            short = Response(prompt_id=prompt.id, policy_version_id=v0.id, text=f"{2 * i}.", params={})
+            long = Response(prompt_id=prompt.id, policy_version_id=v0.id,
+                            text=f"Well, let me think about it at length: the answer is {2 * i}.", params={})
+            s.add_all([short, long])
+            s.flush()
+            a, b = (short, long) if i % 2 == 0 else (long, short)
+            s.add(Item(kind="pair", prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id))
