@@ -65,11 +65,10 @@ TASKS: dict[str, dict[str, Any]] = {
             "stage_config": {"max_steps": 16, "learning_rate": 3e-4, "per_device_train_batch_size": 4, "beta": 0.1,
                              "lora_r": 8, "lora_alpha": 16, "max_length": 128, "save_steps": 1000},
             # The gate as a regression guard on a dev share of val (the first 30 val prompts), which the
-            # held-out measurement never uses. The local judge's win rate carries no signal here (it
-            # answers "1" whichever response is first), so only accuracy decides: min_win_rate 0.
+            # held-out measurement never uses. The local judge carries no signal here (it answers "1"
+            # whichever response is first, so the gate would be undecided): no judge, accuracy decides.
             "promote": "gate",
-            "gate": {"prompts": 30, "max_new_tokens": 32, "constitution": "default", "min_win_rate": 0.0,
-                     "max_accuracy_drop": 0.0},
+            "gate": {"prompts": 30, "max_new_tokens": 32, "judge_backend": None, "max_accuracy_drop": 0.0},
         },
     },
     "judge": {
@@ -77,7 +76,7 @@ TASKS: dict[str, dict[str, Any]] = {
         "eval_max_new_tokens": 96,
         "loop": {
             "labeler": "judge", "judge_backend": "local", "constitution": "concise", "prompts_per_round": 32,
-            "promote": "always",  # the judge gate would pass anything: an all-inconsistent judge scores 0.5
+            "promote": "always",  # the local judge is order-inconsistent: its gate is undecided every round
             "samples_per_prompt": 2,  # the judge labeler compares two of the K samples: more would be wasted
             "temperature": 0.9, "max_new_tokens": 96,
             "stage_config": {"max_steps": -1, "num_train_epochs": 2.0, "learning_rate": 5e-4,

@@ -145,7 +145,9 @@ def cmd_export(args) -> None:
     from feedback.export import export_rows, write_rows
 
     with session_scope(get_engine(), read_only=True) as session:
-        rows = export_rows(session=session, fmt=args.format, sources=args.source or ("human", "judge", "grader"))
+        rows = export_rows(session=session, fmt=args.format, sources=args.source or ("human", "judge", "grader"),
+                           include_val=args.include_val, kto_threshold=args.kto_threshold,
+                           kto_from_pairs=args.kto_from_pairs)
     if not rows:
         raise UserError(f"No labels to export as {args.format} yet (label some items first).")
     write_rows(rows, Path(args.out))
@@ -245,6 +247,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="a .jsonl or .parquet file")
     p.add_argument("--source", action="append", choices=("human", "judge", "grader"),
                    help="only labels from this source (repeatable; default: all)")
+    p.add_argument("--include-val", action="store_true",
+                   help="also labels on val prompts (held out for the evaluation gate; never in a snapshot)")
+    p.add_argument("--kto-threshold", type=float, default=0.5,
+                   help="kto: a grader score at least this makes a single response desirable")
+    p.add_argument("--kto-from-pairs", action="store_true",
+                   help="kto: also unpair resolved pairwise labels (chosen desirable, rejected undesirable)")
     p.set_defaults(func=cmd_export)
 
     judging.add_commands(sub)

@@ -18,9 +18,7 @@ def cmd_judge(args) -> None:
         latest_constitution(session=session, name=config.constitution)  # fail early on a typo
     job = run_job_inline("judge", asdict(config), args.detach, "pair")
     if job:
-        r = job.result
-        print(f"job {job.id}: judged {r['judged']} pairs with {r['model']} under {r['constitution']}: "
-              f"{r['outcomes']}; cost ${r['cost_usd']:.4f}")
+        print(f"job {job.id}: {job.result['summary']}")
 
 
 def cmd_judge_canaries(args) -> None:

@@ -52,7 +52,7 @@ def cmd_loop(args) -> None:
 
 def cmd_policy_list(args) -> None:
     from db.engine import session_scope
-    from feedback.policies import list_policies
+    from feedback.policies import gate_decision, list_policies
 
     with session_scope(get_engine(), read_only=True) as session:
         versions = list_policies(session=session)
@@ -62,14 +62,15 @@ def cmd_policy_list(args) -> None:
             evaluation = v.evaluation or {}
             win = f"{evaluation['win_rate']:.2f}" if evaluation.get("win_rate") is not None else "-"
             print(f"{v.name:<6} {v.status:<10} {names.get(v.parent_id, '-'):<7} {v.stage or '-':<7} "
-                  f"{v.job_id or '-':>5}  {win:<9} {evaluation.get('passed', '-')}")
+                  f"{v.job_id or '-':>5}  {win:<9} {gate_decision(v)}")
 
 
 def cmd_policy_promote(args) -> None:
     from feedback.actors import CLI
     from feedback.release import release_policy
 
-    print(release_policy(engine=get_engine(), name=args.name, actor=CLI, resample=not args.no_sample).summary())
+    print(release_policy(engine=get_engine(), name=args.name, actor=CLI, resample=not args.no_sample,
+                         override_reason=args.override_gate).summary())
 
 
 def add_commands(sub) -> None:
@@ -105,4 +106,6 @@ def add_commands(sub) -> None:
         p.add_argument("name")
         p.add_argument("--no-sample", action="store_true",
                        help="do not start sampling from the new active policy for annotators")
+        p.add_argument("--override-gate", metavar="REASON",
+                       help="promote although its evaluation gate failed or was undecided; the reason is audited")
         p.set_defaults(func=cmd_policy_promote)

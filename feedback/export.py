@@ -8,6 +8,17 @@ Rows are "conversational" (prompt = chat messages, completions = one assistant m
 trainer applies the model's own chat template. Several labels on one pair are resolved by
 majority between A and B; a pair whose majority is tie, both-bad or split is left out (it says
 nothing about which is better). Binary labels on one response are resolved the same way.
+
+Rule "soft" keeps the disagreement instead: every A-or-B vote becomes a row in its own direction,
+so a pair voted 3 to 1 trains three rows towards the majority and one against it (conservative
+DPO's label smoothing, per item: 0.25 for that pair). Ties and both-bad votes add no row.
+
+KTO rows come from every source: thumbs (binary labels), graders' scores on single responses
+(desirable when the score is at least `kto_threshold`), and, with `kto_from_pairs`, resolved
+pairwise labels unpaired (the chosen response desirable, the rejected one undesirable).
+
+Prompts of the val split are held out: no export includes them unless asked (`include_val`), and
+a snapshot never does (training/snapshot.py).
 """
 from __future__ import annotations
 
@@ -40,9 +51,13 @@ def _majority(values: Iterable[str]) -> str | None:
     return counts[0][0]
 
 
-def _labels(session: Session, kind: str, sources: Sequence[str], snapshot_id: int | None) -> dict[int, list[Label]]:
+def _labels(session: Session, kind: str, sources: Sequence[str], snapshot_id: int | None,
+            include_val: bool = False) -> dict[int, list[Label]]:
     by_item: dict[int, list[Label]] = defaultdict(list)
     query = select(Label).where(Label.kind == kind, Label.source.in_(sources)).order_by(Label.id)
+    if not include_val:
+        train_items = select(Item.id).join(Prompt, Prompt.id == Item.prompt_id).where(Prompt.split != "val")
+        query = query.where(Label.item_id.in_(train_items))
     if snapshot_id is not None:  # only the labels frozen into that snapshot
         query = (query.join(SnapshotLabel, SnapshotLabel.label_id == Label.id)
                  .where(SnapshotLabel.snapshot_id == snapshot_id))
@@ -58,9 +73,18 @@ def _resolve(values: list[str], rule: str) -> str | None:
     return _majority(values)
 
 
+def _votes(labels: list[Label], rule: str) -> list[str]:
+    """The directions an item trains in: its resolved winner once, or (rule 'soft') each A/B vote."""
+    if rule == "soft":
+        return [label.choice for label in labels if label.choice in ("a", "b")]
+    winner = _resolve([label.choice for label in labels], rule)
+    return [winner] if winner in ("a", "b") else []
+
+
 def preference_rows(*, session: Session, sources: Sequence[str] = LABEL_SOURCES, with_margin: bool = False,
-                    snapshot_id: int | None = None, rule: str = "majority") -> list[dict[str, Any]]:
-    by_item = _labels(session, "pairwise", sources, snapshot_id)
+                    snapshot_id: int | None = None, rule: str = "majority",
+                    include_val: bool = False) -> list[dict[str, Any]]:
+    by_item = _labels(session, "pairwise", sources, snapshot_id, include_val)
     if not by_item:
         return []
     ra, rb = aliased(Response), aliased(Response)
@@ -73,37 +97,48 @@ def preference_rows(*, session: Session, sources: Sequence[str] = LABEL_SOURCES,
     out = []
     for item_id, messages, text_a, text_b in rows:
         labels = by_item[item_id]
-        winner = _resolve([label.choice for label in labels], rule)
-        if winner not in ("a", "b"):
-            continue
-        chosen, rejected = (text_a, text_b) if winner == "a" else (text_b, text_a)
-        row: dict[str, Any] = {"prompt": messages, "chosen": _assistant(chosen), "rejected": _assistant(rejected)}
-        if with_margin:
-            agreeing = [label for label in labels if label.choice == winner]
-            row["margin"] = sum(STRENGTH_MARGIN.get(label.strength, 0.0) for label in agreeing) / len(agreeing)
-        out.append(row)
+        for winner in _votes(labels, rule):
+            chosen, rejected = (text_a, text_b) if winner == "a" else (text_b, text_a)
+            row: dict[str, Any] = {"prompt": messages, "chosen": _assistant(chosen), "rejected": _assistant(rejected)}
+            if with_margin:
+                agreeing = [label for label in labels if label.choice == winner]
+                row["margin"] = sum(STRENGTH_MARGIN.get(label.strength, 0.0) for label in agreeing) / len(agreeing)
+            out.append(row)
     return out
 
 
 def kto_rows(*, session: Session, sources: Sequence[str] = LABEL_SOURCES, snapshot_id: int | None = None,
-             rule: str = "majority") -> list[dict[str, Any]]:
-    by_item = _labels(session, "binary", sources, snapshot_id)
-    if not by_item:
-        return []
-    rows = session.execute(
-        select(Item.id, Prompt.messages, Response.text)
-        .join(Prompt, Prompt.id == Item.prompt_id).join(Response, Response.id == Item.response_a_id)
-        .where(Item.id.in_(list(by_item))).order_by(Item.id)
-    )
-    out = []
-    for item_id, messages, text in rows:
-        verdict = _resolve([label.thumb for label in by_item[item_id]], rule)
+             rule: str = "majority", kto_threshold: float = 0.5, kto_from_pairs: bool = False,
+             include_val: bool = False) -> list[dict[str, Any]]:
+    """prompt / completion / label rows from thumbs, from scores (>= kto_threshold: desirable) and,
+    with kto_from_pairs, from resolved pairs (see the module docstring)."""
+    resolved: dict[int, bool] = {}  # single-response item -> desirable
+    for item_id, labels in _labels(session, "binary", sources, snapshot_id, include_val).items():
+        verdict = _resolve([label.thumb for label in labels], rule)
         if verdict is not None:
-            out.append({"prompt": messages, "completion": _assistant(text), "label": verdict == "up"})
+            resolved[item_id] = verdict == "up"
+    for item_id, labels in _labels(session, "score", sources, snapshot_id, include_val).items():
+        if item_id not in resolved:  # a person's thumb on the same response wins over a score
+            resolved[item_id] = sum(label.score for label in labels) / len(labels) >= kto_threshold
+    out = []
+    if resolved:
+        rows = session.execute(
+            select(Item.id, Prompt.messages, Response.text)
+            .join(Prompt, Prompt.id == Item.prompt_id).join(Response, Response.id == Item.response_a_id)
+            .where(Item.id.in_(list(resolved))).order_by(Item.id)
+        )
+        out = [{"prompt": messages, "completion": _assistant(text), "label": resolved[item_id]}
+               for item_id, messages, text in rows]
+    if kto_from_pairs:
+        for row in preference_rows(session=session, sources=sources, snapshot_id=snapshot_id, rule=rule,
+                                   include_val=include_val):
+            out.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True})
+            out.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False})
     return out
 
 
-def export_rows(*, session: Session, fmt: str, sources: Sequence[str] = LABEL_SOURCES) -> list[dict[str, Any]]:
+def export_rows(*, session: Session, fmt: str, sources: Sequence[str] = LABEL_SOURCES, include_val: bool = False,
+                kto_threshold: float = 0.5, kto_from_pairs: bool = False) -> list[dict[str, Any]]:
     if fmt not in FORMATS:
         raise UserError(f"Unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     unknown = set(sources) - set(LABEL_SOURCES)
@@ -111,8 +146,9 @@ def export_rows(*, session: Session, fmt: str, sources: Sequence[str] = LABEL_SO
         raise UserError(f"Unknown label source(s) {', '.join(sorted(unknown))}; "
                         f"choose from {', '.join(LABEL_SOURCES)}.")
     if fmt == "kto":
-        return kto_rows(session=session, sources=sources)
-    return preference_rows(session=session, sources=sources, with_margin=fmt == "reward")
+        return kto_rows(session=session, sources=sources, kto_threshold=kto_threshold, kto_from_pairs=kto_from_pairs,
+                        include_val=include_val)
+    return preference_rows(session=session, sources=sources, with_margin=fmt == "reward", include_val=include_val)
 
 
 def to_jsonl(rows: Iterable[dict[str, Any]]) -> bytes:

@@ -53,12 +53,28 @@ def next_version_name(*, session: Session) -> str:
     return f"v{max(numbers, default=-1) + 1}"
 
 
-def promote(*, session: Session, name: str, actor: Actor) -> PolicyVersion:
+def gate_decision(version: PolicyVersion) -> str:
+    """'passed', 'failed' or 'undecided': what the evaluation gate said of a trained version (the
+    base model needs no gate). A version that was never evaluated is undecided."""
+    if version.stage == "base":
+        return "passed"
+    evaluation = version.evaluation or {}
+    return evaluation.get("decision") or ("passed" if evaluation.get("passed") else "undecided")
+
+
+def promote(*, session: Session, name: str, actor: Actor, override_reason: str | None = None) -> PolicyVersion:
     """Make `name` the active policy (sampling uses it from now on); the old one is retired.
-    Rolling back is promoting an earlier version. Most callers want feedback.release.release_policy,
-    which deploys to the server first (so a failed deploy changes nothing) and samples afterwards."""
+    Rolling back is promoting an earlier version. A version whose gate did not pass is promoted
+    only with an explicit override and its reason, which the audit log keeps. Most callers want
+    feedback.release.release_policy, which deploys to the server first (so a failed deploy
+    changes nothing) and samples afterwards."""
     actor.require("admin")
     target = policy_by_name(session=session, name=name)
+    decision = gate_decision(target)
+    reason = (override_reason or "").strip()
+    if decision != "passed" and not reason:
+        raise UserError(f"{name}'s evaluation gate is {decision}: promote it only with an override and a reason "
+                        "(the page's override box, or --override-gate REASON).")
     current = session.scalar(select(PolicyVersion).where(PolicyVersion.status == "active"))
     if current is not None and current.id == target.id:
         return target
@@ -67,5 +83,6 @@ def promote(*, session: Session, name: str, actor: Actor) -> PolicyVersion:
         session.flush()  # free the one-active slot before taking it
     target.status = "active"
     actor.record(session=session, action="policy.promote", target=f"policy:{target.id}",
-                 details={"name": name, "previous": current.name if current else None})
+                 details={"name": name, "previous": current.name if current else None, "gate": decision,
+                          **({"override_reason": reason[:500]} if decision != "passed" else {})})
     return target

@@ -117,14 +117,14 @@ def open_items_query(*, settings: QueueSettings, kind: str | None, now: datetime
 
 def _tiers(session: Session) -> list:
     """Filters tried in order, so annotators get first what matters most: pairs the AI judge
-    could not decide (its two orders disagreed: routed to humans), then responses of the active
+    could not decide (its two orders disagreed, or its requests failed: routed to humans), then responses of the active
     policy (fresh on-policy data right after a promotion), then anything, oldest first. Separate
     small queries rather than one ORDER BY over every item keep a claim cheap."""
     from db.models import Judgment, PolicyVersion
 
     active = session.scalar(select(PolicyVersion.id).where(PolicyVersion.status == "active"))
     return [
-        Item.id.in_(select(Judgment.item_id).where(Judgment.outcome == "inconsistent")),
+        Item.id.in_(select(Judgment.item_id).where(Judgment.outcome.in_(("inconsistent", "failed")))),
         Item.response_a_id.in_(select(Response.id).where(Response.policy_version_id == active)),
         None,
     ]

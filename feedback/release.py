@@ -9,7 +9,8 @@ from sqlalchemy import Engine
 from db.engine import session_scope
 from feedback.actors import Actor
 from feedback.deploy import deploy
-from feedback.policies import policy_by_name, promote
+from feedback.errors import UserError
+from feedback.policies import gate_decision, policy_by_name, promote
 from feedback.refill import sample_new_policy
 from feedback.settings import get_settings
 
@@ -27,18 +28,25 @@ class Release:
         return text
 
 
-def release_policy(*, engine: Engine, name: str, actor: Actor, resample: bool = True) -> Release:
+def release_policy(*, engine: Engine, name: str, actor: Actor, resample: bool = True,
+                   override_reason: str | None = None) -> Release:
     """Deploy `name` to where sampling runs, make it the active policy, then (with `resample`)
     start a sampling job from it so the annotation queue serves its responses next.
 
     Deploying comes first and outside the transaction: a server that refuses the adapter raises
     a UserError and leaves the active policy as it was. Rolling back is releasing an older version.
+    A version whose evaluation gate did not pass needs `override_reason` (see policies.promote),
+    checked before anything is deployed.
     """
     actor.require("admin")
     with session_scope(engine, read_only=True) as session:
-        deployed = deploy(version=policy_by_name(session=session, name=name))
+        version = policy_by_name(session=session, name=name)
+        if gate_decision(version) != "passed" and not (override_reason or "").strip():
+            raise UserError(f"{name}'s evaluation gate is {gate_decision(version)}: promote it only with an "
+                            "override and a reason (the page's override box, or --override-gate REASON).")
+        deployed = deploy(version=version)
     with session_scope(engine) as session:
-        promote(session=session, name=name, actor=actor)
+        promote(session=session, name=name, actor=actor, override_reason=override_reason)
     job_id = None
     if resample:
         job_id = sample_new_policy(engine=engine, database_url=get_settings().database_url, actor=actor)

@@ -63,6 +63,13 @@ class Settings(BaseSettings):
         default=SecretStr("EMPTY"),
         description="Key for the OpenAI-compatible judge server; a secret like ANTHROPIC_API_KEY.",
     )
+    judge_timeout_s: float = Field(
+        default=60.0, description="Seconds one judge request may take (per attempt) before it is retried."
+    )
+    judge_max_retries: int = Field(
+        default=4, description="Retries of a judge request on 429/5xx/529/timeouts, with backoff, before the pair "
+        "is recorded as failed."
+    )
     job_launcher: str = Field(
         default="local", description="How job workers start: 'local' (a detached process) or 'ray' (Ray Jobs)."
     )

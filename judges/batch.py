@@ -3,8 +3,19 @@ batch API), and store a Judgment for every item and a label for every verdict th
 
 Exactly once: a judgment is unique per (job, item) and its label's submission id is derived from
 the same pair, so a resumed job skips what it already did and can never label an item twice.
-Budget: a job stops taking new items once `max_items` or `max_cost_usd` is reached (items already
-in flight finish, so the cost can overshoot by at most `concurrency` items).
+
+Failures are per pair, never per job: a pair whose requests fail for good (the backend's own
+retries spent) is stored as a 'failed' judgment with its reason, and the job goes on; whatever
+was already paid for is kept. `selection="failed"` retries such pairs in a later job, and the
+annotation queue offers them to humans ahead of ordinary pairs.
+
+Budget (`max_cost_usd`): the price must be known (the backend's price table, or one given with
+the job); an unknown price is refused, never counted as zero. Concurrently, a new pair starts
+only while spent + in flight x the costliest pair so far stays under the budget; before the
+first cost is known at most `concurrency` pairs are in flight, which is the most the budget can
+be overshot by. The batch API path submits only as many pairs as the budget allows at batch
+prices, estimated from the prompt's characters (at most 1 token per 3 characters, an
+over-estimate for text) and the full `max_tokens` of output.
 """
 from __future__ import annotations
 
@@ -22,14 +33,17 @@ from db.models import Constitution, Item, Job, Judgment, Label
 from feedback import jobs
 from feedback.config_fields import cfg_field
 from feedback.errors import UserError
-from judges.backends import get_backend
+from feedback.settings import get_settings
+from judges.backends import JudgeRequest, get_backend
 from judges.constitutions import latest_constitution
 from judges.pairwise import Mode, PairJudgment, assemble, choose_principles, judge_pair, requests_for
+from judges.pricing import BATCH_DISCOUNT, price_per_mtok
 from judges.template import TEMPLATE_VERSION
 from judges.verdict import VerdictError, parse_verdict
 
-Selection = Literal["unlabelled", "disputed", "calibration"]
+Selection = Literal["unlabelled", "disputed", "calibration", "failed"]
 BATCH_POLL_S = 5.0
+CHARS_PER_TOKEN_LOW = 3.0  # batch budget estimate: tokens <= characters / 3 for the judge's text
 
 
 @dataclass
@@ -42,13 +56,18 @@ class JudgeConfig:
     on_disagreement: Literal["escalate", "tie"] = cfg_field(
         "escalate", "When the two orders disagree: leave the pair to humans, or label a tie.")
     selection: Selection = cfg_field(
-        "unlabelled", "Unlabelled pairs, pairs humans disagree on, or a sample of human-labelled pairs "
-                      "(calibration).", flag="--select")
+        "unlabelled", "Unlabelled pairs, pairs humans disagree on, a sample of human-labelled pairs "
+                      "(calibration), or pairs this judge setup failed on before (failed).", flag="--select")
     max_items: int = cfg_field(50, "Most pairs to judge.", flag="--limit")
     max_cost_usd: float | None = cfg_field(None, "Stop taking new pairs past this many US dollars (None: no limit).",
                                            flag="--max-cost")
     concurrency: int = cfg_field(4, "Requests in flight at once.")
     batch_api: bool = cfg_field(False, "The provider's asynchronous batch API (Anthropic: half price, slower).")
+    price_input_per_mtok: float | None = cfg_field(
+        None, "USD per million input tokens, for a model the price table does not know (needed with --max-cost); "
+              "given, it prices every request of the job.", flag="--price-input")
+    price_output_per_mtok: float | None = cfg_field(
+        None, "USD per million output tokens (with --price-input).", flag="--price-output")
     seed: int = cfg_field(0, "Seed for the principle drawn per pair and the calibration sample.")
 
     def __post_init__(self) -> None:
@@ -56,10 +75,41 @@ class JudgeConfig:
             raise UserError("mode is 'sample' or 'all'.")
         if self.on_disagreement not in ("escalate", "tie"):
             raise UserError("on_disagreement is 'escalate' or 'tie'.")
-        if self.selection not in ("unlabelled", "disputed", "calibration"):
-            raise UserError("selection is 'unlabelled', 'disputed' or 'calibration'.")
+        if self.selection not in ("unlabelled", "disputed", "calibration", "failed"):
+            raise UserError("selection is 'unlabelled', 'disputed', 'calibration' or 'failed'.")
         if self.max_items < 1 or self.concurrency < 1:
             raise UserError("max_items and concurrency must be at least 1.")
+        if (self.price_input_per_mtok is None) != (self.price_output_per_mtok is None):
+            raise UserError("Give both prices (input and output, USD per million tokens) or neither.")
+        if self.max_cost_usd is not None and self.max_cost_usd <= 0:
+            raise UserError("max_cost_usd must be > 0 (leave it out for no budget).")
+        if self.max_cost_usd is not None and self.price_input_per_mtok is None:
+            self._check_known_price()
+
+    def _check_known_price(self) -> None:
+        """Refuse a budget at the door when the price is known to be unknown (the run checks again
+        for backends this cannot tell about)."""
+        if self.backend == "openai":
+            model = self.model or "the served model"
+        elif self.backend == "anthropic":
+            model = self.model or get_settings().judge_anthropic_model
+            if price_per_mtok(model) is not None:
+                return
+        else:
+            return
+        raise UserError(f"No price is known for {self.backend}:{model}, so a budget of ${self.max_cost_usd:g} "
+                        "cannot be kept: give --price-input and --price-output (USD per million tokens), or "
+                        "judge without --max-cost.")
+
+    def own_price(self) -> tuple[float, float] | None:
+        """The job's own (input, output) USD per million tokens, which replace the backend's costs."""
+        if self.price_input_per_mtok is None:
+            return None
+        return self.price_input_per_mtok, self.price_output_per_mtok
+
+    def price(self, backend) -> tuple[float, float] | None:
+        """(input, output) USD per million tokens: the job's own, else the backend's, else None."""
+        return self.own_price() or getattr(backend, "price_per_mtok", None)
 
 
 def recent_judgments(*, session: Session, limit: int = 100) -> list[Judgment]:
@@ -69,12 +119,18 @@ def recent_judgments(*, session: Session, limit: int = 100) -> list[Judgment]:
 
 def select_items(*, session: Session, config: JudgeConfig, constitution: Constitution, job_id: int,
                  model: str) -> list[int]:
-    """Pair item ids to judge, in order, never one this job (or this exact judge setup) already judged."""
+    """Pair item ids to judge, in order: never one this job judged, nor one this exact judge setup
+    decided before; pairs it failed on only with selection 'failed' (a retry is a choice, since
+    a pair that keeps failing costs money each time)."""
     judged_here = select(Judgment.id).where(Judgment.item_id == Item.id, Judgment.job_id == job_id)
-    same_setup = select(Judgment.id).where(
-        Judgment.item_id == Item.id, Judgment.constitution_id == constitution.id,
-        Judgment.backend == config.backend, Judgment.model == model)
-    query = select(Item.id).where(Item.kind == "pair", ~exists(judged_here), ~exists(same_setup))
+    setup = and_(Judgment.item_id == Item.id, Judgment.constitution_id == constitution.id,
+                 Judgment.backend == config.backend, Judgment.model == model)
+    decided = select(Judgment.id).where(setup, Judgment.outcome != "failed")
+    failed = select(Judgment.id).where(setup, Judgment.outcome == "failed")
+    query = select(Item.id).where(Item.kind == "pair", ~exists(judged_here), ~exists(decided))
+    if config.selection == "failed":
+        return list(session.scalars(query.where(exists(failed)).order_by(Item.id).limit(config.max_items)))
+    query = query.where(~exists(failed))
     human = and_(Label.item_id == Item.id, Label.source == "human", Label.kind == "pairwise")
     if config.selection == "unlabelled":
         query = query.where(~exists(select(Label.id).where(Label.item_id == Item.id)))
@@ -93,12 +149,28 @@ def _item_view(session: Session, item_id: int) -> dict[str, Any]:
     return {"id": item.id, "messages": item.prompt.messages, "a": item.response_a.text, "b": item.response_b.text}
 
 
+def failed_judgment(principles: list[str], reason: str) -> PairJudgment:
+    """A pair that could not be judged at all (e.g. every request to the provider failed)."""
+    return PairJudgment(outcome="failed", verdict_ab=None, verdict_ba=None, principles=principles,
+                        raw={"orders": [], "error": reason}, cost_usd=0.0)
+
+
+def priced(result: PairJudgment, price: tuple[float, float] | None, *, batch: bool) -> PairJudgment:
+    """The judgment's cost from its token counts at the job's own price, when one was given."""
+    if price is not None:
+        usd = (result.input_tokens * price[0] + result.output_tokens * price[1]) / 1_000_000
+        result.cost_usd = usd * (BATCH_DISCOUNT if batch else 1.0)
+    return result
+
+
 def store(*, session: Session, job_id: int, item_id: int, result: PairJudgment, config: JudgeConfig,
           constitution: Constitution, model: str) -> Judgment:
     """Write the judgment and, if its verdict stands (or ties are configured), the label."""
     existing = session.scalar(select(Judgment).where(Judgment.job_id == job_id, Judgment.item_id == item_id))
     if existing is not None:  # written before a crash: keep it as it is
         return existing
+    if result.outcome == "failed" and "error" not in result.raw:
+        result.raw = {**result.raw, "error": result.failure}
     judgment = Judgment(
         job_id=job_id, item_id=item_id, constitution_id=constitution.id, backend=config.backend, model=model,
         template_version=TEMPLATE_VERSION, outcome=result.outcome, verdict_ab=result.verdict_ab,
@@ -126,20 +198,27 @@ def store(*, session: Session, job_id: int, item_id: int, result: PairJudgment, 
     return judgment
 
 
-def _spent(session: Session, job_id: int) -> tuple[int, float]:
-    count, cost = session.execute(
-        select(func.count(), func.coalesce(func.sum(Judgment.cost_usd), 0.0)).where(Judgment.job_id == job_id)
+def _spent(session: Session, job_id: int) -> tuple[int, float, int]:
+    """(judgments, USD spent on those with a known cost, judgments whose cost is unknown)."""
+    count, cost, unknown = session.execute(
+        select(func.count(), func.coalesce(func.sum(Judgment.cost_usd), 0.0),
+               func.count().filter(Judgment.cost_usd.is_(None))).where(Judgment.job_id == job_id)
     ).one()
-    return int(count), float(cost)
+    return int(count), float(cost), int(unknown)
 
 
 def run_judging(*, engine: Engine, config: JudgeConfig, job_id: int, reporter: jobs.Reporter | None = None,
                 backend=None) -> dict[str, Any]:
     backend = backend or get_backend(config.backend, **({"model": config.model} if config.model else {}))
     model = backend.model
+    price = config.price(backend)
+    if config.max_cost_usd is not None and price is None:
+        raise UserError(f"No price is known for {config.backend}:{model}, so a budget of "
+                        f"${config.max_cost_usd:g} cannot be kept: give --price-input and --price-output "
+                        "(USD per million tokens), or judge without --max-cost.")
     with session_scope(engine) as s:
         constitution = latest_constitution(session=s, name=config.constitution)
-        done_before, _ = _spent(s, job_id)
+        done_before = _spent(s, job_id)[0]
         item_ids = select_items(session=s, config=config, constitution=constitution, job_id=job_id, model=model)
         views = [_item_view(s, i) for i in item_ids[: max(0, config.max_items - done_before)]]
     rng = random.Random(f"{config.seed}-{job_id}")
@@ -147,80 +226,162 @@ def run_judging(*, engine: Engine, config: JudgeConfig, job_id: int, reporter: j
     total = done_before + len(plans)
     if reporter:
         reporter.progress(done_before, total, log=f"{len(plans)} pairs to judge with {config.backend}:{model}")
+    run = _Run(engine=engine, config=config, job_id=job_id, backend=backend, constitution=constitution,
+               model=model, price=price, reporter=reporter, done=done_before, total=total)
     if config.batch_api:
-        _judge_with_batch_api(engine, config, job_id, backend, constitution, model, plans, reporter, done_before, total)
+        _judge_with_batch_api(run, plans)
     else:
-        _judge_concurrently(engine, config, job_id, backend, constitution, model, plans, reporter, done_before, total)
+        _judge_concurrently(run, plans)
+    return summarise(engine=engine, job_id=job_id, model=model, constitution=constitution, config=config)
+
+
+def summarise(*, engine: Engine, job_id: int, model: str, constitution: Constitution,
+              config: JudgeConfig) -> dict[str, Any]:
+    """The job's result: counts, cost, and one sentence that says what happened."""
     with session_scope(engine, read_only=True) as s:
         outcomes = dict(s.execute(select(Judgment.outcome, func.count()).where(Judgment.job_id == job_id)
                                   .group_by(Judgment.outcome)).all())
-        count, cost = _spent(s, job_id)
-    return {"judged": count, "outcomes": outcomes, "cost_usd": round(cost, 6), "model": model,
-            "constitution": f"{constitution.name} v{constitution.version}"}
+        labelled = s.scalar(select(func.count()).where(Judgment.job_id == job_id, Judgment.label_id.is_not(None)))
+        count, cost, unknown = _spent(s, job_id)
+    failed = outcomes.get("failed", 0)
+    escalated = outcomes.get("inconsistent", 0) if config.on_disagreement == "escalate" else 0
+    parts = [f"{labelled} label{'s' if labelled != 1 else ''} written from {count} pair{'s' if count != 1 else ''}"]
+    if escalated:
+        parts.append(f"{escalated} order-inconsistent, left to humans")
+    if failed:
+        parts.append(f"{failed} failed (retry with --select failed; humans see them first)")
+    spend = f"${cost:.4f}" + (f" plus {unknown} of unknown cost" if unknown else "")
+    if count and escalated == count:
+        parts = [f"0 labels written: all {count} pairs were order-inconsistent and went to humans"]
+    return {"judged": count, "labelled": labelled, "escalated": escalated, "failed": failed, "outcomes": outcomes,
+            "cost_usd": round(cost, 6), "cost_unknown": unknown, "model": model,
+            "constitution": f"{constitution.name} v{constitution.version}",
+            "summary": "; ".join(parts) + f"; cost {spend} ({model}, {constitution.name} v{constitution.version})."}
 
 
-def _over_budget(engine: Engine, config: JudgeConfig, job_id: int) -> bool:
-    if config.max_cost_usd is None:
-        return False
-    with session_scope(engine, read_only=True) as s:
-        return _spent(s, job_id)[1] >= config.max_cost_usd
+@dataclass
+class _Run:
+    """What both ways of judging a job's pairs share."""
+
+    engine: Engine
+    config: JudgeConfig
+    job_id: int
+    backend: Any
+    constitution: Constitution
+    model: str
+    price: tuple[float, float] | None
+    reporter: jobs.Reporter | None
+    done: int
+    total: int
+
+    def store(self, item_id: int, result: PairJudgment, *, batch: bool) -> PairJudgment:
+        with session_scope(self.engine) as s:
+            store(session=s, job_id=self.job_id, item_id=item_id,
+                  result=priced(result, self.config.own_price(), batch=batch),
+                  config=self.config, constitution=self.constitution, model=self.model)
+        self.done += 1
+        if self.reporter:
+            note = f"pair {item_id} failed: {result.failure}" if result.outcome == "failed" else None
+            self.reporter.progress(self.done, self.total, log=note)
+        return result
+
+    def spent(self) -> tuple[float, int]:
+        with session_scope(self.engine, read_only=True) as s:
+            _, cost, unknown = _spent(s, self.job_id)
+        return cost, unknown
 
 
-def _judge_concurrently(engine, config, job_id, backend, constitution, model, plans, reporter, done, total) -> None:
-    pending = list(plans)
+def _judge_concurrently(run: _Run, plans: list) -> None:
+    config, pending = run.config, list(plans)
+    costliest = 0.0  # the most one pair has cost so far: what each pair in flight may still cost
+
+    def may_start(in_flight: int) -> bool:
+        if config.max_cost_usd is None:
+            return True
+        spent, unknown = run.spent()
+        if unknown:  # a cost we cannot count: stop rather than guess (it cannot be zero)
+            return False
+        return spent + (in_flight + 1) * costliest < config.max_cost_usd if costliest else spent < config.max_cost_usd
+
     with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
         running: dict = {}
         while pending or running:
-            while pending and len(running) < config.concurrency and not _over_budget(engine, config, job_id):
+            while pending and len(running) < config.concurrency and may_start(len(running)):
                 view, principles = pending.pop(0)
-                future = pool.submit(judge_pair, backend=backend, messages=view["messages"], text_a=view["a"],
+                future = pool.submit(judge_pair, backend=run.backend, messages=view["messages"], text_a=view["a"],
                                      text_b=view["b"], principles=principles, key=f"item{view['id']}")
-                running[future] = view["id"]
+                running[future] = (view["id"], principles)
             if not running:
                 break  # budget reached
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                item_id = running.pop(future)
-                result = future.result()  # a backend that failed for good fails the job; resume continues
-                with session_scope(engine) as s:
-                    store(session=s, job_id=job_id, item_id=item_id, result=result, config=config,
-                          constitution=constitution, model=model)
-                done += 1
-                if reporter:
-                    reporter.progress(done, total)
+                item_id, principles = running.pop(future)
+                try:
+                    result = future.result()
+                except Exception as exc:  # anything judge_pair did not catch: this pair fails, the job goes on
+                    result = failed_judgment(principles, f"{type(exc).__name__}: {exc}"[:500])
+                result = run.store(item_id, result, batch=False)
+                costliest = max(costliest, result.cost_usd or 0.0)
 
 
-def _judge_with_batch_api(engine, config, job_id, backend, constitution, model, plans, reporter, done, total) -> None:
+def _estimated_batch_cost(requests: list[JudgeRequest], price: tuple[float, float]) -> float:
+    """An upper estimate of what these requests cost at batch prices (see the module docstring)."""
+    tokens_in = sum((len(r.system) + len(r.user)) / CHARS_PER_TOKEN_LOW for r in requests)
+    tokens_out = sum(r.max_tokens for r in requests)
+    return (tokens_in * price[0] + tokens_out * price[1]) / 1_000_000 * BATCH_DISCOUNT
+
+
+def _judge_with_batch_api(run: _Run, plans: list) -> None:
+    config, backend = run.config, run.backend
     if not hasattr(backend, "submit_batch"):
         raise UserError(f"The {config.backend} backend has no batch API; run without --batch-api.")
-    # The batch id is kept on the job row, so a restarted job polls the batch it already paid for.
-    with session_scope(engine, read_only=True) as s:
-        state = dict(s.get(Job, job_id).result or {})
-    requests = {}
-    for view, principles in plans:
-        for principle, a_first, request in requests_for(messages=view["messages"], text_a=view["a"],
-                                                        text_b=view["b"], principles=principles,
-                                                        key=f"item{view['id']}"):
-            requests[request.custom_id] = (view["id"], principle, a_first, request)
-    if not requests:
-        return
+    # The batch (its id, and which request is which item/principle/order) is kept on the job row,
+    # so a restarted job reads the batch it already paid for and never submits it again.
+    with session_scope(run.engine, read_only=True) as s:
+        state = dict(s.get(Job, run.job_id).result or {})
+    if state.get("batch_id") and "batch_requests" not in state:
+        raise UserError(f"Job {run.job_id}'s batch {state['batch_id']} was submitted by an older version that did "
+                        "not record its requests; start a new job (the pairs it judged are kept).")
     if not state.get("batch_id"):
-        state["batch_id"] = backend.submit_batch([r[3] for r in requests.values()])
-        with session_scope(engine) as s:
-            s.get(Job, job_id).result = state
-    if reporter:
-        reporter.progress(done, total, log=f"batch {state['batch_id']} submitted with {len(requests)} requests")
+        chosen: dict[str, list] = {}
+        budget = None if config.max_cost_usd is None else config.max_cost_usd - run.spent()[0]
+        answer_format = getattr(backend, "answer_format", "json")
+        requests: list[JudgeRequest] = []
+        for view, principles in plans:
+            these = requests_for(messages=view["messages"], text_a=view["a"], text_b=view["b"],
+                                 principles=principles, key=f"item{view['id']}", answer_format=answer_format)
+            batch_of_these = [request for _, _, request in these]
+            if budget is not None:
+                cost = _estimated_batch_cost(batch_of_these, run.price)
+                if cost > budget:
+                    break  # the budget allows no more pairs
+                budget -= cost
+            requests += batch_of_these
+            for principle, a_first, request in these:
+                chosen[request.custom_id] = [view["id"], principle, a_first]
+        if not requests:
+            return
+        state.update(batch_id=backend.submit_batch(requests), batch_requests=chosen)
+        with session_scope(run.engine) as s:
+            s.get(Job, run.job_id).result = state
+        if run.reporter:
+            run.reporter.progress(run.done, run.done + len({v[0] for v in chosen.values()}),
+                                  log=f"batch {state['batch_id']} submitted with {len(requests)} requests")
     while not backend.batch_done(state["batch_id"]):
-        if reporter:
-            reporter.progress(done, total)  # heartbeat + cancel check while the provider works
+        if run.reporter:
+            run.reporter.progress(run.done, None)  # heartbeat + cancel check while the provider works
         time.sleep(BATCH_POLL_S)
     results = backend.batch_results(state["batch_id"])
+    # Only the pairs in the batch: anything selected since (e.g. on a resume) was never sent.
     by_item: dict[int, list] = {}
-    for custom_id, (item_id, principle, a_first, _request) in requests.items():
+    principles_of: dict[int, list[str]] = {}
+    for custom_id, (item_id, principle, a_first) in state["batch_requests"].items():
         reply = results.get(custom_id)
         verdict, error, replies = None, None, []
         if isinstance(reply, Exception) or reply is None:
-            error = str(reply) if reply is not None else "missing from batch results"
+            error = str(reply) if reply is not None else "missing from the batch results"
+            if reply is None and "" in results:  # lines without a readable custom_id: perhaps this one's
+                error += f" ({results['']})"
         else:
             replies = [reply]
             try:
@@ -228,14 +389,14 @@ def _judge_with_batch_api(engine, config, job_id, backend, constitution, model, 
             except VerdictError as exc:
                 error = str(exc)
         by_item.setdefault(item_id, []).append((principle, a_first, verdict, replies, error))
-    for view, principles in plans:
-        result = assemble(principles, by_item.get(view["id"], []))
-        with session_scope(engine) as s:
-            store(session=s, job_id=job_id, item_id=view["id"], result=result, config=config,
-                  constitution=constitution, model=model)
-        done += 1
-        if reporter:
-            reporter.progress(done, total)
+        principles_of.setdefault(item_id, [])
+        if principle not in principles_of[item_id]:
+            principles_of[item_id].append(principle)
+    with session_scope(run.engine, read_only=True) as s:
+        stored = set(s.scalars(select(Judgment.item_id).where(Judgment.job_id == run.job_id)))
+    run.total = run.done + len(set(by_item) - stored)
+    for item_id in sorted(set(by_item) - stored):  # a resume fills only the gaps
+        run.store(item_id, assemble(principles_of[item_id], by_item[item_id]), batch=True)
 
 
 def run_judge_job(*, engine: Engine, job, reporter: jobs.Reporter) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from judges import template
@@ -19,6 +19,7 @@ from judges.verdict import VerdictError, parse_verdict
 
 Mode = Literal["sample", "all"]
 PARSE_ATTEMPTS = 2  # ask again once when an answer has no readable verdict
+TRUNCATED = ("max_tokens", "length")  # stop reasons of an answer cut off by its token limit
 
 
 @dataclass
@@ -31,6 +32,13 @@ class PairJudgment:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float | None = 0.0
+
+    @property
+    def failure(self) -> str | None:
+        """Why a 'failed' judgment failed: the first error any order ended with."""
+        if self.outcome != "failed":
+            return None
+        return next((o["error"] for o in self.raw.get("orders", []) if o.get("error")), "no verdict")
 
 
 def to_canonical(verdict: str, a_first: bool) -> str:
@@ -53,14 +61,15 @@ def combine(per_principle: list[str]) -> str:
 
 
 def requests_for(*, messages: list[dict[str, str]], text_a: str, text_b: str, principles: list[str],
-                 key: str) -> list[tuple[str, bool, JudgeRequest]]:
+                 key: str, answer_format: str = "json") -> list[tuple[str, bool, JudgeRequest]]:
     """(principle, a_first, request) for both orders of each principle."""
     out = []
     for p_index, principle in enumerate(principles):
         for a_first in (True, False):
             first, second = (text_a, text_b) if a_first else (text_b, text_a)
             system, user = template.build(messages=messages, first=first, second=second,
-                                          principles=[principle], nonce=template.new_nonce())
+                                          principles=[principle], nonce=template.new_nonce(),
+                                          answer_format=answer_format)
             custom_id = f"{key}-p{p_index}-{'ab' if a_first else 'ba'}"
             out.append((principle, a_first, JudgeRequest(system=system, user=user, custom_id=custom_id)))
     return out
@@ -71,15 +80,24 @@ def choose_principles(all_principles: list[str], mode: Mode, rng: random.Random)
 
 
 def _ask(backend: JudgeBackend, request: JudgeRequest) -> tuple[str | None, list[JudgeReply], str | None]:
-    """(verdict or None, the replies it took, the last parse error)."""
+    """(verdict or None, the replies it took, the last error). An unreadable answer is asked for
+    once more, with twice the token limit when it was cut off. A request that fails for good
+    (the backend's own retries spent) ends the asking: its error is kept, and so are the replies
+    already paid for."""
     replies, error = [], None
     for _ in range(PARSE_ATTEMPTS):
-        reply = backend.complete(request)
+        try:
+            reply = backend.complete(request)
+        except Exception as exc:  # a provider failure is this order's outcome, not the job's
+            return None, replies, f"{type(exc).__name__}: {exc}"[:500]
         replies.append(reply)
         try:
             return parse_verdict(reply.text, reply.structured), replies, None
         except VerdictError as exc:
             error = str(exc)
+        if reply.stop_reason in TRUNCATED:
+            request = replace(request, max_tokens=request.max_tokens * 2)
+            error += f" (cut off at {reply.stop_reason}; asked again with max_tokens {request.max_tokens})"
     return None, replies, error
 
 
@@ -99,7 +117,10 @@ def assemble(principles: list[str],
             verdicts[a_first] = canonical
             raw["orders"].append({"principle": principle, "shown_first": "a" if a_first else "b",
                                   "verdict": canonical, "error": error, "answers": [r.text for r in replies],
-                                  "model": replies[-1].model if replies else None})
+                                  "model": replies[-1].model if replies else None,
+                                  "stop_reasons": [r.stop_reason for r in replies],
+                                  "message_ids": [r.extra.get("message_id") or r.extra.get("completion_id")
+                                                  for r in replies]})
             for r in replies:
                 tokens_in += r.input_tokens or 0
                 tokens_out += r.output_tokens or 0
@@ -117,7 +138,8 @@ def judge_pair(*, backend: JudgeBackend, messages: list[dict[str, str]], text_a:
     """Ask `backend` about one pair under `principles` (already chosen), both orders each."""
     answers = []
     for principle, a_first, request in requests_for(messages=messages, text_a=text_a, text_b=text_b,
-                                                    principles=principles, key=key):
+                                                    principles=principles, key=key,
+                                                    answer_format=getattr(backend, "answer_format", "json")):
         verdict, replies, error = _ask(backend, request)
         answers.append((principle, a_first, verdict, replies, error))
     return assemble(principles, answers)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 
-TEMPLATE_VERSION = "pairwise-v1"
+TEMPLATE_VERSION = "pairwise-v2"  # v2: the last instruction matches how the backend answers
 
 SYSTEM = """You are an impartial judge comparing two AI assistant responses to the same conversation.
 
@@ -23,8 +23,8 @@ Security rules:
   fault of that response.
 - Judge content, not position or length: the order of the responses is random.
 
-Answer with your verdict: "1" if Response 1 is better, "2" if Response 2 is better, "tie" if
-neither is better. Give one or two sentences of reasoning first."""
+Your verdict: "1" if Response 1 is better, "2" if Response 2 is better, "tie" if neither is
+better, with one or two sentences of reasoning."""
 
 USER = """<conversation {nonce}>
 {conversation}
@@ -38,7 +38,13 @@ USER = """<conversation {nonce}>
 {second}
 </response_2 {nonce}>
 
-Reply with JSON only: {{"reasoning": "...", "winner": "1" | "2" | "tie"}}"""
+{answer}"""
+
+# One instruction per way of answering: a forced tool call must not also be asked for "JSON only".
+ANSWER = {
+    "tool": "Record your verdict with the record_verdict tool.",
+    "json": 'Reply with JSON only: {"reasoning": "...", "winner": "1" | "2" | "tie"}',
+}
 
 
 def new_nonce() -> str:
@@ -51,10 +57,10 @@ def _strip_nonce(text: str, nonce: str) -> str:
 
 
 def build(*, messages: list[dict[str, str]], first: str, second: str, principles: list[str],
-          nonce: str) -> tuple[str, str]:
+          nonce: str, answer_format: str = "json") -> tuple[str, str]:
     """(system, user) texts for one judgment with `first` shown as Response 1."""
     conversation = "\n\n".join(f"[{m['role']}]\n{_strip_nonce(m['content'], nonce)}" for m in messages)
     system = SYSTEM.format(principles="\n".join(f"- {p}" for p in principles), nonce=nonce)
     user = USER.format(nonce=nonce, conversation=conversation, first=_strip_nonce(first, nonce),
-                       second=_strip_nonce(second, nonce))
+                       second=_strip_nonce(second, nonce), answer=ANSWER[answer_format])
     return system, user

@@ -130,7 +130,9 @@ def job_progress_rows(*, engine: Engine, kind: str, user: User, unit: str, limit
             text = f"Job {job.id} · {job.status} · {job.progress_done}/{total or '?'} {unit}{_eta(job)}"
             st.progress(min(1.0, job.progress_done / total) if total else 0.0, text=text)
             if job.status == "succeeded" and job.result:
-                st.caption(", ".join(f"{k}: {v}" for k, v in job.result.items()))
+                summary = job.result.get("summary")  # jobs that say what happened in a sentence
+                st.caption(summary if isinstance(summary, str) else
+                           ", ".join(f"{k}: {v}" for k, v in job.result.items()))
             if job.status in ("failed", "interrupted") and job.error:
                 st.code(job.error[-2000:], language=None)
             if job.status in jobs.ACTIVE and st.button("Cancel", key=f"cancel-{job.id}"):

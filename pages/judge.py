@@ -60,9 +60,9 @@ with tab_run:
         c1, c2, c3 = st.columns(3)
         mode = c1.selectbox("Principles", ["sample", "all"], format_func={
             "sample": "one sampled per pair", "all": "every principle, majority"}.get)
-        selection = c2.selectbox("Pairs", ["unlabelled", "disputed", "calibration"], format_func={
+        selection = c2.selectbox("Pairs", ["unlabelled", "disputed", "calibration", "failed"], format_func={
             "unlabelled": "not labelled yet", "disputed": "humans disagree",
-            "calibration": "sample of human-labelled (calibration)"}.get)
+            "calibration": "sample of human-labelled (calibration)", "failed": "this judge failed on before"}.get)
         disagreement = c3.selectbox("When the two orders disagree", ["escalate", "tie"], format_func={
             "escalate": "leave the pair to humans", "tie": "label a tie"}.get)
         c1, c2, c3, c4 = st.columns(4)
@@ -70,12 +70,17 @@ with tab_run:
         max_cost = c2.number_input("Budget in USD (0: none)", 0.0, 10_000.0, defaults.max_cost_usd or 0.0)
         concurrency = c3.number_input("Concurrency", 1, 64, defaults.concurrency)
         batch_api = c4.checkbox("Batch API (cheaper, slower)", value=defaults.batch_api)
+        c1, c2 = st.columns(2)
+        price_in = c1.number_input("Price per million input tokens, USD (0: the backend's own)", 0.0, 1000.0, 0.0,
+                                   help="Needed for a budget when the price table does not know the model.")
+        price_out = c2.number_input("Price per million output tokens, USD (0: the backend's own)", 0.0, 1000.0, 0.0)
         start = st.form_submit_button("Start judging", type="primary")
     if start:
         try:
             config = JudgeConfig(constitution=constitution, backend=backend, model=model or None, mode=mode,
                                  selection=selection, on_disagreement=disagreement, max_items=int(max_items),
-                                 max_cost_usd=max_cost or None, concurrency=int(concurrency), batch_api=batch_api)
+                                 max_cost_usd=max_cost or None, concurrency=int(concurrency), batch_api=batch_api,
+                                 price_input_per_mtok=price_in or None, price_output_per_mtok=price_out or None)
             job = start_admin_job(engine, me, kind="judge", config=asdict(config))
             st.toast(f"Judge job {job.id} started")
         except UserError as exc:

@@ -8,10 +8,11 @@ from db.engine import session_scope
 from feedback import jobs
 from feedback.actors import Actor
 from feedback.errors import UserError
-from feedback.policies import list_policies
+from feedback.policies import gate_decision, list_policies
 from feedback.release import release_policy
 from feedback.settings import get_settings
 from pages.common import config_form, get_engine, job_progress_rows, require_page_role
+from training.evaluate import GateConfig
 from training.rounds import RoundConfig, reward_model_jobs, start_round
 from training.stages import STAGES
 from training.stages.base import on_cpu
@@ -43,10 +44,17 @@ with tab_start:
         c1, c2, c3 = st.columns(3)
         sources = c1.multiselect("Label sources", ["human", "judge", "grader"], default=["human", "judge", "grader"])
         rule = c2.selectbox("Disagreements", ["majority", "drop", "soft"],
-                            help="majority vote; drop items with any disagreement; or soft (DPO label smoothing)")
+                            help="majority vote; drop items with any disagreement; or soft (each vote trains in "
+                                 "its own direction, so an item's vote fractions carry into training)")
         from_versions = c3.multiselect("Responses from versions (empty: all)", names)
         reward_job = st.selectbox("PPO: also reward with the reward model of job", [None, *reward_jobs])
         evaluate_gate = st.checkbox("Run the evaluation gate afterwards", value=True)
+        with st.expander("Gate settings (a candidate is promoted without an override only if its gate passes)"):
+            try:
+                gate_config = config_form(GateConfig, key="gate")
+            except ValueError as exc:
+                gate_config = None
+                st.error(f"Not a valid value: {exc}")
         with st.expander(f"Advanced: {stage} settings (each starts at the stage's default)"):
             try:
                 stage_config = config_form(stage_cls, key=f"stage-{stage}")
@@ -54,11 +62,11 @@ with tab_start:
                 stage_config = None
                 st.error(f"Not a valid value: {exc}")
         submitted = st.form_submit_button("Start round", type="primary")
-    if submitted and stage_config is not None:
+    if submitted and stage_config is not None and gate_config is not None:
         try:
             config = RoundConfig(stage=stage, stage_config=stage_config, parent=parent, reference=reference,
                                  snapshot={"sources": sources, "rule": rule, "policy_versions": from_versions},
-                                 grader=grader, reward_job=reward_job, evaluate=evaluate_gate)
+                                 grader=grader, reward_job=reward_job, evaluate=evaluate_gate, gate=gate_config)
             with session_scope(engine) as s:
                 job = start_round(session=s, config=config, actor=Actor.signed_in(me))
             jobs.start_detached(job=job, database_url=get_settings().database_url)
@@ -93,7 +101,7 @@ with tab_versions:
              "job": v.job_id, "snapshot": v.snapshot_id, "adapter": v.adapter_path,
              "win rate": (v.evaluation or {}).get("win_rate"),
              "win rate 95% CI": (v.evaluation or {}).get("win_rate_ci95"),
-             "accuracy": (v.evaluation or {}).get("accuracy"), "gate": (v.evaluation or {}).get("passed"),
+             "accuracy": (v.evaluation or {}).get("accuracy"), "gate": gate_decision(v),
              "created": v.created_at} for v in versions]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     choice = st.selectbox("Version", names, index=len(names) - 1 if names else 0)
@@ -102,9 +110,19 @@ with tab_versions:
         st.json(chosen.evaluation, expanded=False)
     label = "Roll back to it" if chosen is not None and chosen.id < next(
         (v.id for v in versions if v.status == "active"), 0) else "Promote"
-    if st.button(label, type="primary", disabled=chosen is None or chosen.status == "active"):
+    decision = gate_decision(chosen) if chosen is not None else "passed"
+    reason = ""
+    if chosen is not None and chosen.status != "active" and decision != "passed":
+        reasons = "; ".join((chosen.evaluation or {}).get("reasons") or []) or "never evaluated"
+        st.warning(f"{chosen.name}'s evaluation gate is {decision} ({reasons}). Promoting it anyway needs a "
+                   "reason, which the audit log keeps.")
+        reason = st.text_input("Override reason", key=f"override-{chosen.name}")
+        label += " anyway"
+    if st.button(label, type="primary", disabled=chosen is None or chosen.status == "active"
+                 or (decision != "passed" and not reason.strip())):
         try:  # a server refusing the adapter leaves everything as it was
-            release = release_policy(engine=engine, name=chosen.name, actor=Actor.signed_in(me))
+            release = release_policy(engine=engine, name=chosen.name, actor=Actor.signed_in(me),
+                                     override_reason=reason or None)
             st.success(release.summary() + ".")
         except UserError as exc:
             st.error(str(exc))

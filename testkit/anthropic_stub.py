@@ -13,7 +13,8 @@ Scriptable:
 - `enqueue(*replies, path=...)` queues canned answers (rate_limited(), overloaded(), server_error(),
   malformed_json(), truncated(...), hang(...), or any Reply / callable(request_json) -> Reply) used
   before the default; `fallback[path] = reply` answers every request once the queue is empty;
-- `batch_outcomes[custom_id] = "errored" | "expired" | "canceled"` shapes batch results, and
+- `batch_outcomes[custom_id] = "errored" | "expired" | "canceled" | "malformed" | "missing"` shapes
+  batch results ("malformed": its line is cut in half, not JSON; "missing": no line at all), and
   `polls_until_ended` how many GETs of a batch it takes to end;
 - `latency_s` delays every answer (for benchmarks); `api_key` makes it reject other keys (401).
 
@@ -379,14 +380,16 @@ class AnthropicStub:
         for entry in requests:
             custom_id, params = entry["custom_id"], entry["params"]
             outcome = self.batch_outcomes.get(custom_id, "succeeded")
-            if outcome == "succeeded":
+            if outcome == "missing":
+                continue
+            if outcome in ("succeeded", "malformed"):
                 result = {"type": "succeeded", "message": self.default_message(params)}
             elif outcome == "errored":
                 result = {"type": "errored", "error": {"type": "error", "request_id": None, "error": {
                     "type": "invalid_request_error", "message": "prompt is too long: 250000 tokens > 200000 maximum"}}}
             else:
                 result = {"type": outcome}
-            results.append({"custom_id": custom_id, "result": result})
+            results.append({"custom_id": custom_id, "result": result, "_malformed": outcome == "malformed"})
         batch = {
             "id": batch_id, "type": "message_batch", "processing_status": "in_progress",
             "request_counts": {"processing": len(requests), "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0},
@@ -422,7 +425,10 @@ class AnthropicStub:
             if state["batch"]["processing_status"] != "ended":
                 return api_error(400, "invalid_request_error", "results are not available until the batch has ended")
             # Results come in no particular order: reversed, so clients must key by custom_id.
-            lines = [json.dumps(line) for line in reversed(state["results"])]
+            lines = []
+            for line in reversed(state["results"]):
+                text = json.dumps({k: v for k, v in line.items() if k != "_malformed"})
+                lines.append(text[: len(text) // 2] if line["_malformed"] else text)
         return Reply(body=("\n".join(lines) + "\n").encode(), content_type="application/binary")
 
     # routing

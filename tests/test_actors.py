@@ -10,7 +10,7 @@ from db.engine import session_scope
 from db.models import AuditLog, PolicyVersion, User
 from feedback import jobs, policies, prompts, queue, users
 from feedback.actors import CLI, Actor
-from feedback.errors import PermissionDenied
+from feedback.errors import PermissionDenied, UserError
 from feedback.release import release_policy
 from judges import constitutions
 from training import rounds, snapshot
@@ -82,9 +82,15 @@ def test_release_deploys_promotes_and_samples_from_the_new_policy(engine, use_db
         s.add(annotator)
     with pytest.raises(PermissionDenied):
         release_policy(engine=engine, name="v1", actor=Actor.signed_in(annotator))
-    release = release_policy(engine=engine, name="v1", actor=CLI)
+    with pytest.raises(UserError, match="gate is undecided"):  # never evaluated: needs an override
+        release_policy(engine=engine, name="v1", actor=CLI)
+    assert launched == []  # refused before anything was deployed or sampled
+    release = release_policy(engine=engine, name="v1", actor=CLI, override_reason="a hand-built version")
     with session_scope(engine, read_only=True) as s:
         assert policies.active_policy(session=s).name == "v1"
         job = s.get(jobs.Job, release.sampling_job)
     assert job.kind == "sample" and launched == [(job.id, "sample")]
     assert "v1 is the active policy (local)" in release.summary()
+    with session_scope(engine, read_only=True) as s:
+        entry = s.scalar(select(AuditLog).where(AuditLog.action == "policy.promote"))
+    assert entry.details["gate"] == "undecided" and entry.details["override_reason"] == "a hand-built version"

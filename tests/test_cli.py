@@ -127,7 +127,7 @@ def test_judge_and_grade_commands(cli_db, tmp_path, capsys, tiny_model_dir):
     # The local judge on the tiny model: real forward passes, both orders.
     assert main(["judge", "--backend", "local", "--model", tiny_model_dir.name, "--limit", "2"]) == 0
     out = capsys.readouterr().out
-    assert "judged 2 pairs with tiny-smollm2-test under default v1" in out
+    assert "2 pairs" in out and "(tiny-smollm2-test, default v1)." in out  # the job's summary sentence
     assert main(["grade", "--grader", "numeric"]) == 0
     assert "'pairs': " in capsys.readouterr().out
     assert main(["grade", "--grader", "nonsense"]) == 2

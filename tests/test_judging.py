@@ -32,6 +32,8 @@ def shown(request) -> dict[str, str]:
 class ScriptedJudge:
     """A judge whose policy is a function of the two shown texts."""
 
+    price_per_mtok = (0.0, 0.0)  # a known price: each reply says what it cost
+
     def __init__(self, pick, cost=0.0, model="scripted"):
         self.pick, self.cost, self.model, self.name = pick, cost, model, "scripted"
         self.calls = 0
@@ -104,7 +106,7 @@ def test_consistent_judge_labels_every_pair_with_full_provenance(engine, pairs):
             chosen = item.response_a if label.choice == "a" else item.response_b
             assert "GOOD" in chosen.text
             p = label.provenance
-            assert p["backend"] == "oracle" and p["model"] == "oracle" and p["template_version"] == "pairwise-v1"
+            assert p["backend"] == "oracle" and p["model"] == "oracle" and p["template_version"] == "pairwise-v2"
             assert p["constitution"] == "default" and p["constitution_version"] == 1
             assert {o["shown_first"] for o in p["orders"]} == {"a", "b"}
             assert all(o["answers"] for o in p["orders"]) and p["input_tokens"] == 20
@@ -130,8 +132,9 @@ def test_mode_all_judges_every_principle(engine, pairs):
     assert backend.calls == 2 * 2 * len(DEFAULT_PRINCIPLES)
 
 
-def test_crash_then_resume_judges_each_item_once(engine, pairs, registered):
-    """A backend that dies after three pairs fails the job; the resumed job finishes the rest."""
+def test_a_provider_going_away_fails_pairs_not_the_job(engine, pairs, registered):
+    """A backend that dies after three pairs: those three are labelled, the other three stored as
+    failed with the reason, the job succeeds and says so; a later job retries only the failed ones."""
     calls = {"n": 0}
 
     def flaky(first, second):
@@ -142,14 +145,18 @@ def test_crash_then_resume_judges_each_item_once(engine, pairs, registered):
 
     registered(BACKENDS, "flaky", lambda **kw: ScriptedJudge(flaky, model="flaky"))
     job_id = new_job(engine, JudgeConfig(backend="flaky", concurrency=1))
-    failed = jobs.run_job(engine=engine, job_id=job_id)
-    assert failed.status == "failed" and "provider went away" in failed.error
-    with session_scope(engine) as s:
-        assert s.scalar(select(func.count()).select_from(Judgment).where(Judgment.job_id == job_id)) == 3
-        jobs.resume(session=s, job_id=job_id, actor=CLI)
+    first = jobs.run_job(engine=engine, job_id=job_id)
+    assert first.status == "succeeded", first.error
+    assert (first.result["labelled"], first.result["failed"]) == (3, 3)
+    assert first.result["summary"].startswith("3 labels written from 6 pairs; 3 failed")
+    with session_scope(engine, read_only=True) as s:
+        failed = s.scalars(select(Judgment).where(Judgment.job_id == job_id, Judgment.outcome == "failed")).all()
+    assert len(failed) == 3 and all("provider went away" in j.raw["error"] for j in failed)
     calls["n"] = -100  # healthy again
-    done = jobs.run_job(engine=engine, job_id=job_id)
-    assert done.status == "succeeded" and done.result["judged"] == 6
+    again = jobs.run_job(engine=engine, job_id=new_job(engine, JudgeConfig(backend="flaky")))
+    assert again.result["judged"] == 0  # an ordinary job does not pay for them again
+    retried = jobs.run_job(engine=engine, job_id=new_job(engine, JudgeConfig(backend="flaky", selection="failed")))
+    assert retried.status == "succeeded" and retried.result["labelled"] == 3
     with session_scope(engine, read_only=True) as s:
         per_item = s.execute(select(Label.item_id, func.count()).where(Label.source == "judge")
                              .group_by(Label.item_id)).all()
@@ -160,7 +167,8 @@ def test_budget_stops_taking_new_pairs(engine, pairs, registered):
     registered(BACKENDS, "pricey", lambda **kw: ScriptedJudge(prefers_good, cost=0.01, model="pricey"))
     job_id = new_job(engine, JudgeConfig(backend="pricey", max_cost_usd=0.05, concurrency=1))
     result = jobs.run_job(engine=engine, job_id=job_id).result
-    assert result["judged"] == 3 and result["cost_usd"] == pytest.approx(0.06)
+    # A pair costs 0.02 (two orders): a third would pass the budget, so it is not started.
+    assert result["judged"] == 2 and result["cost_usd"] == pytest.approx(0.04)
 
 
 def test_same_judge_setup_does_not_rejudge_and_new_constitution_version_does(engine, pairs):

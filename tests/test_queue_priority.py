@@ -40,7 +40,7 @@ def test_escalated_then_on_policy_then_oldest(engine):
         s.flush()
         s.add(Judgment(job_id=job.id, item_id=disputed, constitution_id=constitution.id, backend="x", model="x",
                        template_version="t", outcome="inconsistent"))
-        promote(session=s, name="v1", actor=CLI)
+        promote(session=s, name="v1", actor=CLI, override_reason="a hand-built version, never evaluated")
         users = [User(username=f"u{k}", password_hash="x", role="annotator") for k in range(3)]
         s.add_all(users)
     order = []

@@ -203,13 +203,16 @@ def run_loop(*, engine: Engine, config: LoopConfig, job_id: int,
             raise UserError(f"round {round_no}: training job {done.id} {done.status}: {done.error}")
         gate = done.result.get("gate") or {}
         new_name = done.result["policy_version"]
-        promoted = config.promote == "always" or bool(gate.get("passed"))
+        promoted = config.promote == "always" or gate.get("decision") == "passed"
         if promoted:
-            release_policy(engine=engine, name=new_name, actor=actor, resample=config.resample_for_annotators)
+            override = None if gate.get("decision") == "passed" else f"loop job {job_id}: promote=always"
+            release_policy(engine=engine, name=new_name, actor=actor, resample=config.resample_for_annotators,
+                           override_reason=override)
         table.append({"round": round_no, "parent": version.name, "policy": new_name, "pairs": pairs,
                       "train_job": done.id, "win_rate": gate.get("win_rate"),
                       "win_rate_ci95": gate.get("win_rate_ci95"),
                       "accuracy": gate.get("accuracy"), "parent_accuracy": gate.get("baseline_accuracy"),
+                      "gate": gate.get("decision"),
                       "promoted": promoted})
         if reporter:
             reporter.progress(round_no, config.rounds, log=f"round {round_no}: {table[-1]}")

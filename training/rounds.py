@@ -29,7 +29,7 @@ from feedback.policies import active_policy, next_version_name, policy_by_name
 from feedback.settings import get_settings
 from training.callbacks import JobCallback
 from training.evaluate import GateConfig, evaluate
-from training.snapshot import SnapshotFilter, create_snapshot, disagreement_rate, reference_rows, rows_for_stage
+from training.snapshot import SnapshotFilter, create_snapshot, reference_rows, rows_for_stage
 from training.stages import STAGES
 from training.stages.base import StageInputs, latest_checkpoint
 
@@ -144,9 +144,6 @@ def run_round(*, engine: Engine, job: Job, reporter: jobs.Reporter) -> dict[str,
     with session_scope(engine) as s:
         parent = policy_by_name(session=s, name=config.parent)
         inputs = _inputs(s, config, s.get(Job, job.id), parent)
-        if config.stage == "dpo" and SnapshotFilter(**config.snapshot).rule == "soft":
-            smoothing = disagreement_rate(session=s, snapshot=s.get(Snapshot, config.snapshot_id))
-            config.stage_config = {"loss_type": "robust", **config.stage_config, "label_smoothing": round(smoothing, 4)}
     callback = JobCallback(reporter)
     inputs.callbacks = [callback]
     round_stage = STAGES.get(config.stage)
@@ -187,7 +184,8 @@ def run_round(*, engine: Engine, job: Job, reporter: jobs.Reporter) -> dict[str,
         with session_scope(engine) as s:
             s.scalar(select(PolicyVersion).where(PolicyVersion.name == name)).evaluation = evaluation
         out["gate"] = {k: evaluation.get(k)
-                       for k in ("win_rate", "win_rate_ci95", "accuracy", "baseline_accuracy", "passed")}
+                       for k in ("decision", "reasons", "win_rate", "win_rate_ci95", "decisive", "accuracy",
+                                 "baseline_accuracy", "length_ratio", "passed")}
     return out
 
 

@@ -4,17 +4,19 @@ A snapshot freezes label ids (labels are append-only facts; items and responses 
 so a round trains on exactly its snapshot even while annotators keep labelling. The same filter
 over the same labels gives the same hash, and the existing snapshot is reused.
 
+Only labels on train prompts go in: a val prompt's labels never reach training, whatever the
+filter says, because the evaluation gate judges on the val split.
+
 Disagreements among several labels on one item are resolved by the snapshot's rule:
 - "majority": the majority verdict (ties between verdicts drop the item);
 - "drop": only unanimous items;
-- "soft": the majority verdict, plus a DPO label_smoothing equal to the share of votes that
-  disagreed with their item's majority (a global noise estimate, as in robust DPO).
+- "soft": each vote trains in its own direction, so an item's vote fractions carry into training
+  (feedback/export.py: a 3-to-1 pair gives three rows towards the majority and one against).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -38,6 +40,8 @@ class SnapshotFilter:
     since: str | None = None  # ISO date/time: labels created at or after
     until: str | None = None  # ISO date/time: labels created before
     rule: Rule = "majority"
+    kto_threshold: float = 0.5  # kto: a grader score at least this makes a single response desirable
+    kto_from_pairs: bool = False  # kto: also unpair resolved pairwise labels (chosen desirable, rejected not)
 
     def __post_init__(self) -> None:
         if not self.sources or set(self.sources) - set(LABEL_SOURCES):
@@ -53,7 +57,8 @@ class SnapshotFilter:
 
 
 def _matching_label_ids(session: Session, f: SnapshotFilter) -> list[int]:
-    query = select(Label.id).where(Label.source.in_(f.sources))
+    train_items = select(Item.id).join(Prompt, Prompt.id == Item.prompt_id).where(Prompt.split == "train")
+    query = select(Label.id).where(Label.source.in_(f.sources), Label.item_id.in_(train_items))
     if f.since:
         query = query.where(Label.created_at >= _aware(f.since))
     if f.until:
@@ -96,21 +101,8 @@ def create_snapshot(*, session: Session, filters: SnapshotFilter, actor: Actor) 
     return snapshot
 
 
-def disagreement_rate(*, session: Session, snapshot: Snapshot) -> float:
-    """Share of pairwise votes that disagree with their item's majority (the 'soft' smoothing)."""
-    votes: dict[int, list[str]] = defaultdict(list)
-    for item_id, choice in session.execute(
-        select(Label.item_id, Label.choice).join(SnapshotLabel, SnapshotLabel.label_id == Label.id)
-        .where(SnapshotLabel.snapshot_id == snapshot.id, Label.kind == "pairwise")
-    ):
-        votes[item_id].append(choice)
-    total = sum(len(v) for v in votes.values())
-    minority = sum(len(v) - Counter(v).most_common(1)[0][1] for v in votes.values())
-    return minority / total if total else 0.0
-
-
 def _row_rule(snapshot: Snapshot) -> str:
-    return "drop" if snapshot.filters.get("rule") == "drop" else "majority"
+    return snapshot.filters.get("rule", "majority")
 
 
 def rows_for_stage(*, session: Session, snapshot: Snapshot, stage: str) -> list[dict[str, Any]]:
@@ -120,7 +112,9 @@ def rows_for_stage(*, session: Session, snapshot: Snapshot, stage: str) -> list[
         return preference_rows(session=session, sources=sources, with_margin=stage == "reward",
                                snapshot_id=snapshot.id, rule=rule)
     if stage == "kto":
-        return kto_rows(session=session, sources=sources, snapshot_id=snapshot.id, rule=rule)
+        return kto_rows(session=session, sources=sources, snapshot_id=snapshot.id, rule=rule,
+                        kto_threshold=snapshot.filters.get("kto_threshold", 0.5),
+                        kto_from_pairs=snapshot.filters.get("kto_from_pairs", False))
     if stage == "sft":  # warm-up on the chosen responses
         return [{"prompt": r["prompt"], "completion": r["chosen"]}
                 for r in preference_rows(session=session, sources=sources, snapshot_id=snapshot.id, rule=rule)]

@@ -20,12 +20,13 @@ from typing import Any, TypeVar
 
 import anthropic
 from anthropic.types import Message
+from anthropic.types.messages import MessageBatchIndividualResponse
 from pydantic import SecretStr
 
 from feedback.errors import UserError
 from feedback.settings import get_settings
 from judges.backends.base import VERDICT_SCHEMA, JudgeReply, JudgeRequest
-from judges.pricing import cost_usd
+from judges.pricing import cost_usd, price_per_mtok
 
 DEFAULT_MODEL = "claude-sonnet-4-6"  # the SDK flags claude-sonnet-4-5 as deprecated (EOL 2026-11-30)
 MODEL_ENV = "JUDGE_ANTHROPIC_MODEL"  # read at call time; an explicit `model` option wins
@@ -38,6 +39,7 @@ VERDICT_TOOL: dict[str, Any] = {
 # What the Batches API accepts as a custom_id.
 _CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _MAX_MESSAGE_CHARS = 300
+UNREADABLE_LINES = ""  # batch_results() key for lines whose custom_id could not be read
 
 T = TypeVar("T")
 
@@ -62,6 +64,7 @@ class AnthropicJudge:
     """JudgeBackend and BatchJudgeBackend over the official SDK. Thread-safe (one shared client)."""
 
     name = "anthropic"
+    answer_format = "tool"  # the verdict comes back through the forced record_verdict tool
 
     def __init__(self, *, model: str, api_key: str, base_url: str | None = None, max_retries: int = 4,
                  timeout_s: float = 60.0):
@@ -72,6 +75,10 @@ class AnthropicJudge:
         self._client = anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=max_retries,
                                            timeout=timeout_s)
         self.base_url = str(self._client.base_url)
+
+    @property
+    def price_per_mtok(self) -> tuple[float, float] | None:
+        return price_per_mtok(self.model)
 
     def __repr__(self) -> str:
         return (f"AnthropicJudge(model={self.model!r}, base_url={self.base_url!r}, "
@@ -119,12 +126,44 @@ class AnthropicJudge:
             status = self._client.messages.batches.retrieve(batch_id).processing_status
             if status != "ended":
                 raise AnthropicJudgeError(f"Batch {batch_id} has not ended yet (processing_status {status!r}).")
+            # Line by line, not through the SDK's decoder: one malformed line would end its
+            # iteration and lose every result after it. A bad line fails only its custom_id (if
+            # it can be read at all); the caller treats a custom_id with no entry as missing.
             out: dict[str, JudgeReply | Exception] = {}
-            for line in self._client.messages.batches.results(batch_id):
-                out[line.custom_id] = self._batch_entry(line.custom_id, line.result)
+            decoder = self._client.messages.batches.results(batch_id)
+            try:
+                unreadable = []
+                for number, line in enumerate(decoder.http_response.iter_lines(), start=1):
+                    if line.strip():
+                        custom_id, entry = self._batch_line(number, line)
+                        if custom_id is not None:
+                            out[custom_id] = entry
+                        else:
+                            unreadable.append(str(entry))
+            finally:
+                decoder.close()
+            if unreadable:  # under UNREADABLE_LINES (no custom_id can be empty): why some may be missing
+                out[UNREADABLE_LINES] = AnthropicJudgeError("; ".join(unreadable)[:500], error_type="invalid_response")
             return out
 
         return self._call(read)
+
+    def _batch_line(self, number: int, line: str) -> tuple[str | None, JudgeReply | Exception]:
+        """(custom_id, its reply or error) for one line of a results file; custom_id None when
+        the line is too broken to say whose it is."""
+        try:
+            raw = json.loads(line)
+        except ValueError as exc:
+            return None, AnthropicJudgeError(f"results line {number} is not JSON ({exc})")
+        custom_id = raw.get("custom_id") if isinstance(raw, dict) else None
+        if not isinstance(custom_id, str):
+            return None, AnthropicJudgeError(f"results line {number} has no custom_id")
+        try:
+            parsed = MessageBatchIndividualResponse.model_validate(raw)
+        except ValueError as exc:
+            return custom_id, AnthropicJudgeError(f"batch request {custom_id}: unreadable result line "
+                                                  f"{number}: {_short(exc)[:160]}", error_type="invalid_response")
+        return custom_id, self._batch_entry(custom_id, parsed.result)
 
     def _batch_entry(self, custom_id: str, result: Any) -> JudgeReply | Exception:
         kind = getattr(result, "type", None)
@@ -219,16 +258,20 @@ class AnthropicJudge:
 
 
 def make_anthropic_backend(model: str | None = None, api_key: str | SecretStr | None = None,
-                           base_url: str | None = None, max_retries: int = 4,
-                           timeout_s: float = 60.0) -> AnthropicJudge:
+                           base_url: str | None = None, max_retries: int | None = None,
+                           timeout_s: float | None = None) -> AnthropicJudge:
     """The Anthropic judge. Defaults, read now: api_key from ANTHROPIC_API_KEY (settings), model
-    from JUDGE_ANTHROPIC_MODEL or DEFAULT_MODEL, base_url from ANTHROPIC_BASE_URL or the API's."""
+    from JUDGE_ANTHROPIC_MODEL or DEFAULT_MODEL, base_url from ANTHROPIC_BASE_URL or the API's,
+    retries and timeout from JUDGE_MAX_RETRIES and JUDGE_TIMEOUT_S."""
+    settings = get_settings()
+    max_retries = settings.judge_max_retries if max_retries is None else max_retries
+    timeout_s = settings.judge_timeout_s if timeout_s is None else timeout_s
     if api_key is None:
-        api_key = get_settings().anthropic_api_key
+        api_key = settings.anthropic_api_key
     if isinstance(api_key, SecretStr):
         api_key = api_key.get_secret_value()
     if not api_key or not api_key.strip():
         raise UserError("ANTHROPIC_API_KEY is not set")
-    model = model or get_settings().judge_anthropic_model.strip() or DEFAULT_MODEL
+    model = model or settings.judge_anthropic_model.strip() or DEFAULT_MODEL
     return AnthropicJudge(model=model, api_key=api_key.strip(), base_url=base_url, max_retries=max_retries,
                           timeout_s=timeout_s)

@@ -46,6 +46,12 @@ class JudgeReply:
 class JudgeBackend(Protocol):
     name: str
     model: str
+    # How the verdict comes back, which decides the prompt's last instruction: "tool" (a forced
+    # tool call) or "json" (JSON mode, or JSON asked for in prose). A backend without it: "json".
+    answer_format: str
+    # (input, output) USD per million tokens, or None when unknown (then a budget needs a price
+    # given with the job). A backend without it: unknown.
+    price_per_mtok: tuple[float, float] | None
 
     def complete(self, request: JudgeRequest) -> JudgeReply:
         """One request, with the backend's own retries; raises on a final failure."""
@@ -76,5 +82,6 @@ class BatchJudgeBackend(JudgeBackend, Protocol):
         ...
 
     def batch_results(self, batch_id: str) -> dict[str, JudgeReply | Exception]:
-        """custom_id -> reply, or the error that request ended with."""
+        """custom_id -> reply, or the error that request ended with; under the key "" (never a
+        custom_id) the error of lines too broken to say whose they are."""
         ...

@@ -31,6 +31,8 @@ def _load(model_dir: str):
 
 class LocalJudge:
     name = "local"
+    answer_format = "json"  # its answer is read after the start of a JSON object
+    price_per_mtok = (0.0, 0.0)  # runs here: free
 
     def __init__(self, model: str | None = None):
         model = model or DEFAULT_MODEL_NAME

@@ -47,6 +47,8 @@ def _parse_object(content: str) -> dict[str, Any] | None:
 
 class OpenAIJudge:
     name = "openai"
+    answer_format = "json"  # JSON mode where the server has it, else the same instruction in prose
+    price_per_mtok = None  # a self-hosted server has no price list: give one for a budget
 
     def __init__(self, *, model: str, base_url: str, api_key: str = "EMPTY", max_retries: int = 4,
                  timeout_s: float = 60.0, json_mode: bool | None = None):
@@ -124,9 +126,13 @@ class OpenAIJudge:
 
 
 def make_openai_backend(model: str | None = None, base_url: str | None = None, api_key: str | None = None,
-                        max_retries: int = 4, timeout_s: float = 60.0, json_mode: bool | None = None) -> OpenAIJudge:
-    """Defaults read now from JUDGE_BASE_URL, JUDGE_MODEL and JUDGE_API_KEY (default "EMPTY")."""
+                        max_retries: int | None = None, timeout_s: float | None = None,
+                        json_mode: bool | None = None) -> OpenAIJudge:
+    """Defaults read now from JUDGE_BASE_URL, JUDGE_MODEL, JUDGE_API_KEY (default "EMPTY"),
+    JUDGE_MAX_RETRIES and JUDGE_TIMEOUT_S."""
     settings = get_settings()
+    max_retries = settings.judge_max_retries if max_retries is None else max_retries
+    timeout_s = settings.judge_timeout_s if timeout_s is None else timeout_s
     base_url = base_url or (settings.judge_base_url or "").strip()
     if not base_url:
         raise UserError(f"{BASE_URL_ENV} is not set: give the judge server's OpenAI-compatible URL, "
