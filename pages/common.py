@@ -186,7 +186,8 @@ def config_form(cls: type, *, key: str, columns: int = 3) -> dict:
             values[spec.name] = col.selectbox(spec.name, options, index=options.index(spec.default),
                                               help=spec.help, key=wkey)
         elif spec.kind in (int, float) and not spec.optional:
-            step = 1 if spec.kind is int else None
+            # A float's +/- moves it by a tenth of its default (a learning rate of 5e-5 by 5e-6).
+            step = 1 if spec.kind is int else (abs(spec.default) / 10 or 0.01)
             fmt = "%d" if spec.kind is int else "%g"
             values[spec.name] = col.number_input(spec.name, value=spec.default, step=step, format=fmt,
                                                  help=spec.help, key=wkey)
