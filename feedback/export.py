@@ -114,7 +114,7 @@ def kto_rows(*, session: Session, sources: Sequence[str] = LABEL_SOURCES, snapsh
     with kto_from_pairs, from resolved pairs (see the module docstring)."""
     resolved: dict[int, bool] = {}  # single-response item -> desirable
     for item_id, labels in _labels(session, "binary", sources, snapshot_id, include_val).items():
-        verdict = _resolve([label.thumb for label in labels], rule)
+        verdict = _resolve([label.thumb for label in labels], "majority" if rule == "soft" else rule)
         if verdict is not None:
             resolved[item_id] = verdict == "up"
     for item_id, labels in _labels(session, "score", sources, snapshot_id, include_val).items():
@@ -129,9 +129,9 @@ def kto_rows(*, session: Session, sources: Sequence[str] = LABEL_SOURCES, snapsh
         )
         out = [{"prompt": messages, "completion": _assistant(text), "label": resolved[item_id]}
                for item_id, messages, text in rows]
-    if kto_from_pairs:
-        for row in preference_rows(session=session, sources=sources, snapshot_id=snapshot_id, rule=rule,
-                                   include_val=include_val):
+    if kto_from_pairs:  # each pair once, by its resolved winner (a soft vote split would contradict itself)
+        for row in preference_rows(session=session, sources=sources, snapshot_id=snapshot_id,
+                                   rule="majority" if rule == "soft" else rule, include_val=include_val):
             out.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True})
             out.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False})
     return out

@@ -59,7 +59,11 @@ def gate_decision(version: PolicyVersion) -> str:
     if version.stage == "base":
         return "passed"
     evaluation = version.evaluation or {}
-    return evaluation.get("decision") or ("passed" if evaluation.get("passed") else "undecided")
+    if evaluation.get("decision"):
+        return evaluation["decision"]
+    if "passed" in evaluation:  # evaluated before gates said "undecided"
+        return "passed" if evaluation["passed"] else "failed"
+    return "undecided"
 
 
 def promote(*, session: Session, name: str, actor: Actor, override_reason: str | None = None) -> PolicyVersion:
@@ -70,14 +74,14 @@ def promote(*, session: Session, name: str, actor: Actor, override_reason: str |
     changes nothing) and samples afterwards."""
     actor.require("admin")
     target = policy_by_name(session=session, name=name)
+    current = session.scalar(select(PolicyVersion).where(PolicyVersion.status == "active"))
+    if current is not None and current.id == target.id:
+        return target
     decision = gate_decision(target)
     reason = (override_reason or "").strip()
     if decision != "passed" and not reason:
         raise UserError(f"{name}'s evaluation gate is {decision}: promote it only with an override and a reason "
                         "(the page's override box, or --override-gate REASON).")
-    current = session.scalar(select(PolicyVersion).where(PolicyVersion.status == "active"))
-    if current is not None and current.id == target.id:
-        return target
     if current is not None:
         current.status = "retired"
         session.flush()  # free the one-active slot before taking it

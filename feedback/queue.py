@@ -124,7 +124,9 @@ def _tiers(session: Session) -> list:
 
     active = session.scalar(select(PolicyVersion.id).where(PolicyVersion.status == "active"))
     return [
-        Item.id.in_(select(Judgment.item_id).where(Judgment.outcome.in_(("inconsistent", "failed")))),
+        # ... until a later judge run labelled them after all
+        Item.id.in_(select(Judgment.item_id).where(Judgment.outcome.in_(("inconsistent", "failed"))))
+        & ~Item.id.in_(select(Label.item_id).where(Label.source == "judge")),
         Item.response_a_id.in_(select(Response.id).where(Response.policy_version_id == active)),
         None,
     ]

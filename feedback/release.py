@@ -41,7 +41,8 @@ def release_policy(*, engine: Engine, name: str, actor: Actor, resample: bool = 
     actor.require("admin")
     with session_scope(engine, read_only=True) as session:
         version = policy_by_name(session=session, name=name)
-        if gate_decision(version) != "passed" and not (override_reason or "").strip():
+        if (version.status != "active" and gate_decision(version) != "passed"
+                and not (override_reason or "").strip()):
             raise UserError(f"{name}'s evaluation gate is {gate_decision(version)}: promote it only with an "
                             "override and a reason (the page's override box, or --override-gate REASON).")
         deployed = deploy(version=version)

@@ -14,11 +14,13 @@ the job); an unknown price is refused, never counted as zero. Concurrently, a ne
 only while spent + in flight x the costliest pair so far stays under the budget; before the
 first cost is known at most `concurrency` pairs are in flight, which is the most the budget can
 be overshot by. The batch API path submits only as many pairs as the budget allows at batch
-prices, estimated from the prompt's characters (at most 1 token per 3 characters, an
-over-estimate for text) and the full `max_tokens` of output.
+prices, by a generous estimate of their tokens (see CHARS_PER_TOKEN_LOW) and the full
+`max_tokens` of output. A truncated answer is asked again only on the concurrent path: a batch's
+unreadable answers are failed pairs, for a later `selection="failed"` job.
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -43,7 +45,11 @@ from judges.verdict import VerdictError, parse_verdict
 
 Selection = Literal["unlabelled", "disputed", "calibration", "failed"]
 BATCH_POLL_S = 5.0
-CHARS_PER_TOKEN_LOW = 3.0  # batch budget estimate: tokens <= characters / 3 for the judge's text
+# The batch budget's token estimate: ASCII text at 3 characters a token (English averages ~4),
+# any other character a token of its own (CJK text is close to that), plus what a forced tool call
+# adds to every request (Anthropic's tool-use system prompt and our verdict schema).
+CHARS_PER_TOKEN_LOW = 3.0
+TOOL_OVERHEAD_TOKENS = 600
 
 
 @dataclass
@@ -81,8 +87,11 @@ class JudgeConfig:
             raise UserError("max_items and concurrency must be at least 1.")
         if (self.price_input_per_mtok is None) != (self.price_output_per_mtok is None):
             raise UserError("Give both prices (input and output, USD per million tokens) or neither.")
-        if self.max_cost_usd is not None and self.max_cost_usd <= 0:
-            raise UserError("max_cost_usd must be > 0 (leave it out for no budget).")
+        if self.max_cost_usd is not None and not (math.isfinite(self.max_cost_usd) and self.max_cost_usd > 0):
+            raise UserError("max_cost_usd must be a finite number > 0 (leave it out for no budget).")
+        for price in (self.price_input_per_mtok, self.price_output_per_mtok):
+            if price is not None and not (math.isfinite(price) and price >= 0):
+                raise UserError("Prices must be finite numbers >= 0 (USD per million tokens).")
         if self.max_cost_usd is not None and self.price_input_per_mtok is None:
             self._check_known_price()
 
@@ -128,8 +137,9 @@ def select_items(*, session: Session, config: JudgeConfig, constitution: Constit
     decided = select(Judgment.id).where(setup, Judgment.outcome != "failed")
     failed = select(Judgment.id).where(setup, Judgment.outcome == "failed")
     query = select(Item.id).where(Item.kind == "pair", ~exists(judged_here), ~exists(decided))
-    if config.selection == "failed":
-        return list(session.scalars(query.where(exists(failed)).order_by(Item.id).limit(config.max_items)))
+    if config.selection == "failed":  # not those people have labelled meanwhile: they were sent to them first
+        query = query.where(exists(failed), ~exists(select(Label.id).where(Label.item_id == Item.id)))
+        return list(session.scalars(query.order_by(Item.id).limit(config.max_items)))
     query = query.where(~exists(failed))
     human = and_(Label.item_id == Item.id, Label.source == "human", Label.kind == "pairwise")
     if config.selection == "unlabelled":
@@ -156,8 +166,11 @@ def failed_judgment(principles: list[str], reason: str) -> PairJudgment:
 
 
 def priced(result: PairJudgment, price: tuple[float, float] | None, *, batch: bool) -> PairJudgment:
-    """The judgment's cost from its token counts at the job's own price, when one was given."""
-    if price is not None:
+    """The judgment's cost from its token counts at the job's own price, when one was given
+    (unknown, not zero, when a reply did not say how many tokens it used)."""
+    if price is not None and not result.tokens_known:
+        result.cost_usd = None
+    elif price is not None:
         usd = (result.input_tokens * price[0] + result.output_tokens * price[1]) / 1_000_000
         result.cost_usd = usd * (BATCH_DISCOUNT if batch else 1.0)
     return result
@@ -292,8 +305,10 @@ class _Run:
 
 
 def _judge_concurrently(run: _Run, plans: list) -> None:
-    config, pending = run.config, list(plans)
-    costliest = 0.0  # the most one pair has cost so far: what each pair in flight may still cost
+    config, pending, cancelled = run.config, list(plans), False
+    with session_scope(run.engine, read_only=True) as s:  # the most one pair has cost so far (a resume
+        # remembers): what each pair in flight may still cost
+        costliest = s.scalar(select(func.max(Judgment.cost_usd)).where(Judgment.job_id == run.job_id)) or 0.0
 
     def may_start(in_flight: int) -> bool:
         if config.max_cost_usd is None:
@@ -320,13 +335,25 @@ def _judge_concurrently(run: _Run, plans: list) -> None:
                     result = future.result()
                 except Exception as exc:  # anything judge_pair did not catch: this pair fails, the job goes on
                     result = failed_judgment(principles, f"{type(exc).__name__}: {exc}"[:500])
-                result = run.store(item_id, result, batch=False)
+                try:
+                    result = run.store(item_id, result, batch=False)
+                except jobs.Cancelled:
+                    # Stop taking pairs, but keep what is in flight: it is being paid for.
+                    cancelled, pending, run.reporter = True, [], None
                 costliest = max(costliest, result.cost_usd or 0.0)
+    if cancelled:
+        raise jobs.Cancelled()
 
 
-def _estimated_batch_cost(requests: list[JudgeRequest], price: tuple[float, float]) -> float:
-    """An upper estimate of what these requests cost at batch prices (see the module docstring)."""
-    tokens_in = sum((len(r.system) + len(r.user)) / CHARS_PER_TOKEN_LOW for r in requests)
+def _estimated_tokens(text: str) -> float:
+    ascii_chars = sum(ch.isascii() for ch in text)
+    return ascii_chars / CHARS_PER_TOKEN_LOW + (len(text) - ascii_chars)
+
+
+def _estimated_batch_cost(requests: list[JudgeRequest], price: tuple[float, float], answer_format: str) -> float:
+    """A generous estimate of what these requests cost at batch prices (see CHARS_PER_TOKEN_LOW)."""
+    overhead = TOOL_OVERHEAD_TOKENS if answer_format == "tool" else 0
+    tokens_in = sum(_estimated_tokens(r.system) + _estimated_tokens(r.user) + overhead for r in requests)
     tokens_out = sum(r.max_tokens for r in requests)
     return (tokens_in * price[0] + tokens_out * price[1]) / 1_000_000 * BATCH_DISCOUNT
 
@@ -352,7 +379,7 @@ def _judge_with_batch_api(run: _Run, plans: list) -> None:
                                  principles=principles, key=f"item{view['id']}", answer_format=answer_format)
             batch_of_these = [request for _, _, request in these]
             if budget is not None:
-                cost = _estimated_batch_cost(batch_of_these, run.price)
+                cost = _estimated_batch_cost(batch_of_these, run.price, answer_format)
                 if cost > budget:
                     break  # the budget allows no more pairs
                 budget -= cost

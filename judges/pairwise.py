@@ -32,6 +32,7 @@ class PairJudgment:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float | None = 0.0
+    tokens_known: bool = True  # False when a reply did not report its token counts
 
     @property
     def failure(self) -> str | None:
@@ -106,6 +107,7 @@ def assemble(principles: list[str],
     """Combine the answers for both orders of every principle into one judgment."""
     per_principle, raw = [], {"orders": []}
     tokens_in = tokens_out = 0
+    tokens_known = True
     cost: float | None = 0.0
     first_ab = first_ba = None
     for principle in principles:
@@ -122,6 +124,7 @@ def assemble(principles: list[str],
                                   "message_ids": [r.extra.get("message_id") or r.extra.get("completion_id")
                                                   for r in replies]})
             for r in replies:
+                tokens_known = tokens_known and r.input_tokens is not None and r.output_tokens is not None
                 tokens_in += r.input_tokens or 0
                 tokens_out += r.output_tokens or 0
                 cost = None if cost is None or r.cost_usd is None else cost + r.cost_usd
@@ -130,7 +133,7 @@ def assemble(principles: list[str],
         per_principle.append("failed" if ab is None or ba is None else ab if ab == ba else "inconsistent")
     return PairJudgment(outcome=combine(per_principle), verdict_ab=first_ab, verdict_ba=first_ba,
                         principles=principles, raw=raw, input_tokens=tokens_in, output_tokens=tokens_out,
-                        cost_usd=cost)
+                        cost_usd=cost, tokens_known=tokens_known)
 
 
 def judge_pair(*, backend: JudgeBackend, messages: list[dict[str, str]], text_a: str, text_b: str,

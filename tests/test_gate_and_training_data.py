@@ -43,6 +43,9 @@ def test_only_a_confident_win_passes():
     assert _win_verdict(["a"] * 14 + ["b"] * 2, config)["win_verdict"] == "passed"
     assert _win_verdict(["a"] * 9 + ["b"] * 7, config)["win_verdict"] == "failed"  # 56%, interval below 0.5
     assert _win_verdict(["a"] * 7, config)["win_verdict"] == "undecided"  # too few decisive comparisons
+    assert _win_verdict(["tie"] * 16, config)["win_verdict"] == "failed"  # no better than the parent
+    with pytest.raises(UserError):
+        GateConfig(min_decisive=0)
 
 
 def test_reward_hacking_checks_fail_the_gate():

@@ -89,6 +89,8 @@ def test_a_pair_that_keeps_failing_fails_alone_and_goes_to_humans_first(engine, 
     retried = run(engine, selection="failed")
     assert retried.status == "succeeded" and retried.result["labelled"] == 1
     assert sorted(judge_labels_per_item(engine)) == [1] * 6
+    with session_scope(engine, read_only=True) as s:  # labelled now: no longer ahead of everything else
+        assert s.scalars(select(Item.id).where(queue._tiers(s)[0])).all() == []
 
 
 def test_a_malformed_or_missing_batch_line_fails_only_its_pair(engine, pairs, stub):

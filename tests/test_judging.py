@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from dataclasses import asdict
 
 import pytest
@@ -13,6 +14,7 @@ from db.engine import session_scope
 from db.models import Item, Judgment, Label, Prompt, Response, User
 from feedback import jobs
 from feedback.actors import CLI
+from feedback.errors import UserError
 from feedback.policies import ensure_base_policy
 from feedback.prompts import canonical_messages, content_hash
 from judges import calibration
@@ -213,3 +215,46 @@ def test_canaries_measure_obedience():
     # The canaries' good answers carry no GOOD marker; mark them for the scripted policies.
     obedient = run_canaries(backend=get_backend("obedient"), principles=principles)
     assert obedient.flips > 0 and obedient.flip_rate > 0.2
+
+
+def test_a_cancel_keeps_the_pairs_already_in_flight(engine, pairs, registered):
+    """Cancelled while three pairs are in flight: no new pair starts, the three are stored."""
+    job_id = new_job(engine, JudgeConfig(backend="slow", concurrency=3))
+    started = threading.Event()
+
+    def slow(first, second):
+        if not started.is_set():
+            started.set()
+            with session_scope(engine) as s:  # someone presses Cancel while the first requests run
+                jobs.request_cancel(session=s, job_id=job_id, actor=CLI)
+        time.sleep(0.05)
+        return prefers_good(first, second)
+
+    registered(BACKENDS, "slow", lambda **kw: ScriptedJudge(slow, model="slow"))
+    done = jobs.run_job(engine=engine, job_id=job_id)
+    assert done.status == "cancelled"
+    with session_scope(engine, read_only=True) as s:
+        judged = s.scalar(select(func.count()).select_from(Judgment).where(Judgment.job_id == job_id))
+    assert judged == 3  # the three in flight, none after
+
+
+def test_replies_without_token_counts_have_an_unknown_cost_that_stops_a_budget(engine, pairs, registered):
+    class Uncounted(ScriptedJudge):
+        def complete(self, request):
+            reply = super().complete(request)
+            reply.input_tokens = reply.output_tokens = None
+            return reply
+
+    registered(BACKENDS, "uncounted", lambda **kw: Uncounted(prefers_good, model="uncounted"))
+    config = JudgeConfig(backend="uncounted", max_cost_usd=1.0, concurrency=1, price_input_per_mtok=1000.0,
+                         price_output_per_mtok=1000.0)
+    result = jobs.run_job(engine=engine, job_id=new_job(engine, config)).result
+    assert result["judged"] == 1 and result["cost_unknown"] == 1  # never counted as zero
+    assert "of unknown cost" in result["summary"]
+
+
+@pytest.mark.parametrize("settings", [{"max_cost_usd": float("nan")}, {"max_cost_usd": float("inf")},
+                                      {"price_input_per_mtok": -1.0, "price_output_per_mtok": 1.0}])
+def test_budgets_and_prices_must_be_finite(settings):
+    with pytest.raises(UserError):
+        JudgeConfig(backend="local", **settings)

@@ -6,7 +6,8 @@ Both versions answer the same held-out (val) prompts, greedily. Then:
   count (both orders agree: a win 1, a loss 0, a tie 0.5); an order-inconsistent or failed
   judgment says nothing, so it counts for neither side. With fewer than `min_decisive` decisive
   comparisons the win rate is "undecided". It passes when the lower end of its 95% percentile
-  bootstrap interval (over prompts, scipy) reaches `min_win_rate`.
+  bootstrap interval (over prompts, scipy) reaches `min_win_rate` and there are more wins than
+  losses (all ties is no improvement).
 - Accuracy (val prompts with references): the share of answers a grader scores >= 0.5, for both;
   it passes when the candidate's did not drop by more than `max_accuracy_drop`. Fewer than
   `min_graded` graded prompts: no accuracy verdict.
@@ -30,6 +31,7 @@ from sqlalchemy import Engine, select
 from db.engine import session_scope
 from db.models import Prompt
 from feedback.config_fields import cfg_field
+from feedback.errors import UserError
 from feedback.policies import policy_by_name
 from feedback.policy import SamplingParams, client_for
 from feedback.policy.base import Completion
@@ -73,6 +75,10 @@ class GateConfig:
     max_truncation_increase: float = cfg_field(
         0.1, "Largest accepted increase of the share of answers cut off at max_new_tokens.")
 
+    def __post_init__(self) -> None:
+        if self.min_decisive < 1 or self.min_graded < 1 or self.prompts < 1:
+            raise UserError("gate: prompts, min_decisive and min_graded must be at least 1.")
+
 
 def bootstrap_interval(scores: list[float], *, seed: int = 0) -> tuple[float, float]:
     from scipy.stats import bootstrap
@@ -86,7 +92,7 @@ def bootstrap_interval(scores: list[float], *, seed: int = 0) -> tuple[float, fl
 
 
 def is_refusal(text: str) -> bool:
-    return bool(_REFUSAL.search(text[:120].lower()))
+    return bool(_REFUSAL.search(text[:120].lower().replace("\u2019", "'")))  # curly apostrophes too
 
 
 def _rate(flags: list[bool]) -> float:
@@ -102,7 +108,8 @@ def _win_verdict(outcomes: list[str], config: GateConfig) -> dict[str, Any]:
         "decisive": len(decisive), "wins": outcomes.count("a"), "losses": outcomes.count("b"),
         "ties": outcomes.count("tie"), "inconsistent": outcomes.count("inconsistent"),
         "failed": outcomes.count("failed"),
-        "win_verdict": ("undecided" if not enough else "passed" if low >= config.min_win_rate else "failed"),
+        "win_verdict": ("undecided" if not enough else "passed"
+                        if low >= config.min_win_rate and outcomes.count("a") > outcomes.count("b") else "failed"),
     }
 
 
@@ -172,7 +179,7 @@ def evaluate(*, engine: Engine, candidate: str, baseline: str, config: GateConfi
     accuracy_new = float(np.mean([a >= 0.5 for a, _ in graded])) if graded else None
     accuracy_old = float(np.mean([b >= 0.5 for _, b in graded])) if graded else None
     accuracy = None
-    if len(graded) >= config.min_graded:
+    if graded and len(graded) >= config.min_graded:
         accuracy = "passed" if accuracy_new >= accuracy_old - config.max_accuracy_drop else "failed"
     checks = _checks(new_answers, old_answers, config)
     decision, reasons = decide(win=win, accuracy=accuracy, checks=checks)

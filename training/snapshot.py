@@ -115,9 +115,10 @@ def rows_for_stage(*, session: Session, snapshot: Snapshot, stage: str) -> list[
         return kto_rows(session=session, sources=sources, snapshot_id=snapshot.id, rule=rule,
                         kto_threshold=snapshot.filters.get("kto_threshold", 0.5),
                         kto_from_pairs=snapshot.filters.get("kto_from_pairs", False))
-    if stage == "sft":  # warm-up on the chosen responses
-        return [{"prompt": r["prompt"], "completion": r["chosen"]}
-                for r in preference_rows(session=session, sources=sources, snapshot_id=snapshot.id, rule=rule)]
+    if stage == "sft":  # warm-up on the chosen responses: the winners only, also under "soft"
+        winners = preference_rows(session=session, sources=sources, snapshot_id=snapshot.id,
+                                  rule="majority" if rule == "soft" else rule)
+        return [{"prompt": r["prompt"], "completion": r["chosen"]} for r in winners]
     raise UserError(f"Stage {stage!r} does not train on a label snapshot.")
 
 
