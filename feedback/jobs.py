@@ -76,7 +76,10 @@ def check_config(kind: str, config: dict[str, Any]) -> Any:
     unknown = set(config) - known
     if unknown:
         raise UserError(f"Unknown {kind} job setting(s): {', '.join(sorted(unknown))}.")
-    return config_cls(**config)
+    try:
+        return config_cls(**config)
+    except TypeError as exc:  # e.g. a required setting left out
+        raise UserError(f"Bad {kind} job settings: {exc}") from None
 
 
 def request_cancel(*, session: Session, job_id: int, actor: Actor) -> bool:
