@@ -66,6 +66,15 @@ def gate_decision(version: PolicyVersion) -> str:
     return "undecided"
 
 
+def check_gate(version: PolicyVersion, override_reason: str | None) -> str:
+    """The version's gate decision; a UserError when it did not pass and no reason overrides it."""
+    decision = gate_decision(version)
+    if decision != "passed" and not (override_reason or "").strip():
+        raise UserError(f"{version.name}'s evaluation gate is {decision}: promote it only with an override and a "
+                        "reason (the page's override box, or --override-gate REASON).")
+    return decision
+
+
 def promote(*, session: Session, name: str, actor: Actor, override_reason: str | None = None) -> PolicyVersion:
     """Make `name` the active policy (sampling uses it from now on); the old one is retired.
     Rolling back is promoting an earlier version. A version whose gate did not pass is promoted
@@ -77,11 +86,8 @@ def promote(*, session: Session, name: str, actor: Actor, override_reason: str |
     current = session.scalar(select(PolicyVersion).where(PolicyVersion.status == "active"))
     if current is not None and current.id == target.id:
         return target
-    decision = gate_decision(target)
+    decision = check_gate(target, override_reason)
     reason = (override_reason or "").strip()
-    if decision != "passed" and not reason:
-        raise UserError(f"{name}'s evaluation gate is {decision}: promote it only with an override and a reason "
-                        "(the page's override box, or --override-gate REASON).")
     if current is not None:
         current.status = "retired"
         session.flush()  # free the one-active slot before taking it

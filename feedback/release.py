@@ -9,8 +9,7 @@ from sqlalchemy import Engine
 from db.engine import session_scope
 from feedback.actors import Actor
 from feedback.deploy import deploy
-from feedback.errors import UserError
-from feedback.policies import gate_decision, policy_by_name, promote
+from feedback.policies import check_gate, policy_by_name, promote
 from feedback.refill import sample_new_policy
 from feedback.settings import get_settings
 
@@ -41,10 +40,8 @@ def release_policy(*, engine: Engine, name: str, actor: Actor, resample: bool = 
     actor.require("admin")
     with session_scope(engine, read_only=True) as session:
         version = policy_by_name(session=session, name=name)
-        if (version.status != "active" and gate_decision(version) != "passed"
-                and not (override_reason or "").strip()):
-            raise UserError(f"{name}'s evaluation gate is {gate_decision(version)}: promote it only with an "
-                            "override and a reason (the page's override box, or --override-gate REASON).")
+        if version.status != "active":  # refused before anything is deployed
+            check_gate(version, override_reason)
         deployed = deploy(version=version)
     with session_scope(engine) as session:
         promote(session=session, name=name, actor=actor, override_reason=override_reason)
