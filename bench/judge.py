@@ -251,15 +251,16 @@ def bench_agreement(args: argparse.Namespace, workdir: Path, local) -> dict[str,
         for split in ("train", "val"):
             config = SamplingConfig(limit=n_math, n_per_prompt=args.n_per_prompt, temperature=1.0, top_p=0.95,
                                     max_new_tokens=args.max_new_tokens, seed=args.seed + 1000 * r, split=split,
-                                    tags=["math"], items="pair")
-            sampled.update(run_sampling(engine=engine, config=config))
-        say(f"    round {r + 1}/{args.rounds}: {sampled['pairs']} pairs so far, {time.perf_counter() - t0:.0f} s")
+                                    tags=["math"])
+            counts = run_sampling(engine=engine, config=config)
+            sampled.update({k: v for k, v in counts.items() if k != "project"})
+        say(f"    round {r + 1}/{args.rounds}: {sampled['items']} pairs so far, {time.perf_counter() - t0:.0f} s")
     sampling_s = time.perf_counter() - t0
 
     # Judge first (selection 'unlabelled' skips pairs that already carry any label), then grade.
     config = JudgeConfig(constitution=HELPFUL, backend="local", max_items=100_000, concurrency=1)
     job_id = judge_job(engine, config)
-    counting = Counting(local, label="judge", total=2 * sampled["pairs"])
+    counting = Counting(local, label="judge", total=2 * sampled["items"])
     t0 = time.perf_counter()
     run_judging(engine=engine, config=config, job_id=job_id, backend=counting)
     judging_s = time.perf_counter() - t0

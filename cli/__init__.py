@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from cli import job_kinds, judging, training
+from cli import job_kinds, judging, projects, training
 from cli.common import get_engine, read_password_stdin, run_job_inline
 from feedback.errors import UserError
 
@@ -57,11 +57,12 @@ def cmd_setup(args) -> None:
 
 
 def _sample_demo_in_background(database_url: str) -> None:
-    """First run only: fill the pool with demo pairs and singles so there is something to label."""
+    """First run only: fill each demo project's pool so there is something to label."""
     from dataclasses import asdict
 
     from sqlalchemy import func, select
 
+    from cli.demo import DEMO_PROJECTS
     from db.engine import session_scope
     from db.models import Item, Job
     from feedback import jobs
@@ -73,10 +74,13 @@ def _sample_demo_in_background(database_url: str) -> None:
         running = session.scalar(select(Job.id).where(Job.kind == "sample", Job.status.in_(jobs.ACTIVE)))
         if has_items or running:
             return
-        config = SamplingConfig(limit=100, tags=["demo"], items="both", max_new_tokens=96, seed=0)
-        job = jobs.create_job(session=session, kind="sample", config=asdict(config), actor=SETUP)
-    jobs.start_detached(job=job, database_url=database_url)
-    print(f"sampling the demo prompts in the background (job {job.id}); the Data page shows its progress")
+        created = [jobs.create_job(session=session, kind="sample", actor=SETUP, config=asdict(
+            SamplingConfig(project=name, limit=limit, tags=["demo"], max_new_tokens=96, seed=0)))
+            for name, _, _, limit in DEMO_PROJECTS]
+    for job in created:
+        jobs.start_detached(job=job, database_url=database_url)
+    print(f"sampling the demo prompts into {len(created)} projects in the background "
+          f"(jobs {', '.join(str(j.id) for j in created)}); the Data page shows their progress")
 
 
 def cmd_users_add(args) -> None:
@@ -85,9 +89,13 @@ def cmd_users_add(args) -> None:
     from feedback.users import create_user, generate_password
 
     password = read_password_stdin() if args.password_stdin else generate_password()
+    from feedback.projects import add_member, get_project
+
     with session_scope(get_engine()) as session:
         create_user(session=session, username=args.name, role=args.role, password=password, actor=CLI)
-    print(f"created {args.role} {args.name!r}")
+        for name in args.project:
+            add_member(session=session, actor=CLI, project=get_project(session=session, name=name), username=args.name)
+    print(f"created {args.role} {args.name!r}" + (f" in {', '.join(args.project)}" if args.project else ""))
     if not args.password_stdin:
         print(f"password (shown once): {password}")
 
@@ -136,22 +144,28 @@ def cmd_sample(args) -> None:
     if job is None:
         return
     r = job.result
-    print(f"job {job.id}: {r['prompts']} prompts, {r['responses']} responses, {r['pairs']} pairs, "
-          f"{r['singles']} singles ({r['prompts_without_pair']} prompts gave no distinct pair)")
+    print(f"job {job.id}: {r['prompts']} prompts, {r['responses']} responses, {r['items']} items in "
+          f"{r['project']} ({r['prompts_without_item']} prompts gave no item: too few distinct responses)")
 
 
 def cmd_export(args) -> None:
-    from db.engine import session_scope
-    from feedback.export import export_rows, write_rows
+    from collections import Counter
 
+    from db.engine import session_scope
+    from feedback.config_fields import flag_values
+    from feedback.export import export_rows, write_rows
+    from feedback.rows import RowSettings
+
+    settings = RowSettings(**flag_values(args, RowSettings))
     with session_scope(get_engine(), read_only=True) as session:
         rows = export_rows(session=session, fmt=args.format, sources=args.source or ("human", "judge", "grader"),
-                           include_val=args.include_val, kto_threshold=args.kto_threshold,
-                           kto_from_pairs=args.kto_from_pairs)
+                           include_val=args.include_val, project=args.project, settings=settings)
     if not rows:
-        raise UserError(f"No labels to export as {args.format} yet (label some items first).")
+        where = f" in project {args.project}" if args.project else ""
+        raise UserError(f"No labels{where} to export as {args.format} yet (label some items first).")
     write_rows(rows, Path(args.out))
-    print(f"wrote {len(rows)} {args.format} rows to {args.out}")
+    rules = ", ".join(f"{n} {rule}" for rule, n in sorted(Counter(r["rule"] for r in rows).items()))
+    print(f"wrote {len(rows)} {args.format} rows to {args.out} ({rules})")
 
 
 def cmd_jobs_resume(args) -> None:
@@ -197,6 +211,7 @@ def cmd_jobs_work(args) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     from feedback.config_fields import add_arguments
+    from feedback.rows import RowSettings
     from feedback.sampling import SamplingConfig
 
     parser = argparse.ArgumentParser(prog="python -m feedback", description=__doc__.split("\n")[0])
@@ -220,6 +235,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = users.add_parser("add", help="create an account; prints a generated password once")
     p.add_argument("name")
     p.add_argument("--role", required=True, choices=("annotator", "reviewer", "admin"))
+    p.add_argument("--project", action="append", default=[], metavar="PROJECT",
+                   help="make them a member of this project (repeatable)")
     p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     p.set_defaults(func=cmd_users_add)
     p = users.add_parser("reset-password", help="set a new password; prints a generated one once")
@@ -243,18 +260,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("export", help="write labels as TRL training data")
-    p.add_argument("--format", required=True, choices=("dpo", "kto", "reward"))
+    p.add_argument("--format", required=True, choices=("dpo", "kto", "reward", "sft"))
+    p.add_argument("--project", help="only this project's labels (default: every project)")
     p.add_argument("--out", required=True, help="a .jsonl or .parquet file")
     p.add_argument("--source", action="append", choices=("human", "judge", "grader"),
                    help="only labels from this source (repeatable; default: all)")
     p.add_argument("--include-val", action="store_true",
                    help="also labels on val prompts (held out for the evaluation gate; never in a snapshot)")
-    p.add_argument("--kto-threshold", type=float, default=0.5,
-                   help="kto: a grader score at least this makes a single response desirable")
-    p.add_argument("--kto-from-pairs", action="store_true",
-                   help="kto: also unpair resolved pairwise labels (chosen desirable, rejected undesirable)")
+    add_arguments(p, RowSettings)
     p.set_defaults(func=cmd_export)
 
+    projects.add_commands(sub)
     judging.add_commands(sub)
     training.add_commands(sub)
 

@@ -23,12 +23,14 @@ def cmd_train(args) -> None:
     from feedback.actors import CLI
     from feedback.config_fields import flag_values
     from training.rounds import RoundConfig, start_round
+    from training.snapshot import SnapshotFilter
     from training.stages import STAGES
 
     file_config = _load_config(args.config)
-    # Stage flags override the file's stage_config; anything not given keeps the stage's default.
+    # Stage and snapshot flags override the file's; anything not given keeps its default.
     stage_config = {**file_config.pop("stage_config", {}), **flag_values(args, STAGES.get(args.stage).config)}
-    config = RoundConfig(**{**file_config, "stage": args.stage, "stage_config": stage_config,
+    snapshot = {**file_config.pop("snapshot", {}), **flag_values(args, SnapshotFilter)}
+    config = RoundConfig(**{**file_config, "stage": args.stage, "stage_config": stage_config, "snapshot": snapshot,
                             **({"parent": args.parent} if args.parent else {})})
     with session_scope(get_engine()) as session:
         job = start_round(session=session, config=config, actor=CLI)
@@ -76,6 +78,8 @@ def cmd_policy_promote(args) -> None:
 def add_commands(sub) -> None:
     from feedback.config_fields import add_arguments
     from training.loop import LoopConfig
+    from training.rounds import LABEL_STAGES
+    from training.snapshot import SnapshotFilter
     from training.stages import STAGES
 
     train = sub.add_parser("train", help="run one training round (snapshot -> stage -> new policy version -> gate)",
@@ -90,6 +94,8 @@ def add_commands(sub) -> None:
         p.add_argument("--parent", help="policy version to improve (default: the active one)")
         p.add_argument("--detach", action="store_true", help="run as a background job and return at once")
         add_arguments(p, config_cls)
+        if name in LABEL_STAGES:  # which labels, and how they become rows
+            add_arguments(p.add_argument_group("snapshot (which labels, and how they become rows)"), SnapshotFilter)
         p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("loop", help="online iterative DPO: sample K, label best-vs-worst, train, promote, repeat")

@@ -43,8 +43,11 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 ROLES = ("annotator", "reviewer", "admin")
 SPLITS = ("train", "val")
 POLICY_STATUSES = ("candidate", "active", "retired", "rejected")
-ITEM_KINDS = ("pair", "single")
-LABEL_KINDS = ("pairwise", "binary", "score")
+# A project's task type decides the item kind it samples, the page that shows it and the label
+# kind a person gives (feedback/projects.py: TASKS).
+TASK_TYPES = ("pairwise", "binary", "rank", "rating", "edit")
+ITEM_KINDS = ("pair", "single", "rank", "rating", "edit")
+LABEL_KINDS = ("pairwise", "binary", "score", "rank", "rating", "edit")
 LABEL_SOURCES = ("human", "judge", "grader")
 PAIRWISE_CHOICES = ("a", "b", "tie", "both_bad")
 STRENGTHS = ("slight", "much")
@@ -96,6 +99,67 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Project(Base):
+    """A labelling project: one task type, its guidelines, its members and its queue settings.
+
+    The queue settings live here (one project, one queue): how many annotators each item needs,
+    how long a lease lasts, which prompts and policy versions it serves, and when it refills."""
+
+    __tablename__ = "projects"
+    __table_args__ = (
+        CheckConstraint(_in("task_type", TASK_TYPES), name="task_type"),
+        CheckConstraint("k >= 1 AND k <= 8", name="k_range"),
+        CheckConstraint("overlap >= 1", name="overlap_positive"),
+        CheckConstraint("lease_seconds >= 10", name="lease_min"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    task_type: Mapped[str] = mapped_column(String(16))
+    # Responses per item: 2 for pairwise, 1 for binary and edit, 3-8 for rank and rating.
+    k: Mapped[int] = mapped_column(Integer, default=2)
+    # What a rating project rates each response on (1-5 each); empty for other task types.
+    aspects: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    description: Mapped[str] = mapped_column(Text, default="")
+    # Open projects take every annotator; closed ones only their members (admins: any project).
+    open_to_all: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    overlap: Mapped[int] = mapped_column(Integer, default=1)  # distinct annotators per item
+    lease_seconds: Mapped[int] = mapped_column(Integer, default=600)
+    prompt_tags: Mapped[list[str]] = mapped_column(JSONType, default=list)  # empty: any prompt
+    policy_version_ids: Mapped[list[int]] = mapped_column(JSONType, default=list)  # empty: any version
+    refill_below: Mapped[int] = mapped_column(Integer, default=4)  # open items that trigger a refill
+    refill_prompts: Mapped[int] = mapped_column(Integer, default=8)  # prompts sampled per refill
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
+class Guidelines(Base):
+    """One version of a project's written guidelines (markdown, shown inert). Editing makes a new
+    version; each human label records the version its annotator was shown."""
+
+    __tablename__ = "guidelines"
+    __table_args__ = (UniqueConstraint("project_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ProjectMember(Base):
+    """Who may label in a project (admins may label anywhere)."""
+
+    __tablename__ = "project_members"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True, index=True)
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Prompt(Base):
@@ -230,14 +294,18 @@ class Response(Base):
 
 
 class Item(Base):
-    """Something to label: a pair of two responses to one prompt, or a single response."""
+    """Something to label, in one project: a pair of two responses to one prompt, a single
+    response (thumbs, or one to rewrite), or K responses to rank or rate.
+
+    response_a is always the first response (so "which policy made this item" is one column);
+    rank and rating items list all K in item_responses, by position."""
 
     __tablename__ = "items"
     __table_args__ = (
         CheckConstraint(_in("kind", ITEM_KINDS), name="kind"),
         CheckConstraint(
             "(kind = 'pair' AND response_b_id IS NOT NULL AND response_b_id <> response_a_id)"
-            " OR (kind = 'single' AND response_b_id IS NULL)",
+            " OR (kind IN ('single', 'edit', 'rank', 'rating') AND response_b_id IS NULL)",
             name="shape",
         ),
         Index(
@@ -258,6 +326,7 @@ class Item(Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     kind: Mapped[str] = mapped_column(String(8), index=True)
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
     response_a_id: Mapped[int] = mapped_column(ForeignKey("responses.id"))
@@ -268,6 +337,18 @@ class Item(Base):
     prompt: Mapped[Prompt] = relationship()
     response_a: Mapped[Response] = relationship(foreign_keys=[response_a_id])
     response_b: Mapped[Response | None] = relationship(foreign_keys=[response_b_id])
+
+
+class ItemResponse(Base):
+    """The K responses of a rank or rating item, in the item's own order (position 0..K-1).
+    Labels refer to positions; what an annotator saw is a permutation of them."""
+
+    __tablename__ = "item_responses"
+    __table_args__ = (UniqueConstraint("item_id", "response_id"),)
+
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    response_id: Mapped[int] = mapped_column(ForeignKey("responses.id"))
 
 
 class Constitution(Base):
@@ -290,6 +371,12 @@ class Label(Base):
 
     For pairs, `choice` refers to the item's own response_a / response_b, whatever order the
     annotator saw; `shown_order` records that order ('ba': response_b was shown on the left).
+    Rank and rating labels likewise refer to item positions; `shown_permutation` records the
+    order shown (shown_permutation[i] = the item position displayed i-th).
+
+    - rank:   `ranking[p]` = the rank of position p, 1 = best; ties share a rank.
+    - rating: `ratings[p]` = {"scores": {aspect: 1..5}, "rationales": {aspect: text}}.
+    - edit:   `edited_text`, and `edit_distance` from the original (Levenshtein, characters).
     """
 
     __tablename__ = "labels"
@@ -304,7 +391,10 @@ class Label(Base):
         CheckConstraint(
             "(kind = 'pairwise' AND choice IS NOT NULL)"
             " OR (kind = 'binary' AND thumb IS NOT NULL)"
-            " OR (kind = 'score' AND score IS NOT NULL)",
+            " OR (kind = 'score' AND score IS NOT NULL)"
+            " OR (kind = 'rank' AND ranking IS NOT NULL)"
+            " OR (kind = 'rating' AND ratings IS NOT NULL)"
+            " OR (kind = 'edit' AND edited_text IS NOT NULL AND edit_distance IS NOT NULL)",
             name="value",
         ),
         CheckConstraint("source <> 'human' OR user_id IS NOT NULL", name="human_has_user"),
@@ -319,6 +409,10 @@ class Label(Base):
     strength: Mapped[str | None] = mapped_column(String(8))
     thumb: Mapped[str | None] = mapped_column(String(4))  # binary labels: up or down
     score: Mapped[float | None] = mapped_column(Float)
+    ranking: Mapped[list[int] | None] = mapped_column(JSONType)
+    ratings: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    edited_text: Mapped[str | None] = mapped_column(Text)
+    edit_distance: Mapped[int | None] = mapped_column(Integer)
     rationale: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(8), index=True)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
@@ -328,6 +422,9 @@ class Label(Base):
     # Raw outputs, template version, tokens, cost ... for AI labels.
     provenance: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     shown_order: Mapped[str | None] = mapped_column(String(2))
+    shown_permutation: Mapped[list[int] | None] = mapped_column(JSONType)
+    # The project guidelines version a person labelled under (None for AI and grader labels).
+    guidelines_id: Mapped[int | None] = mapped_column(ForeignKey("guidelines.id"))
     # Client-generated id: a resubmission of the same id is recognised and writes nothing.
     submission_id: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
@@ -352,33 +449,18 @@ class Assignment(Base):
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id"))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     status: Mapped[str] = mapped_column(String(8), default="leased")
-    # The left/right order this annotator sees, fixed for the lease so a rerun shows the same.
+    # The left/right order this annotator sees, fixed for the lease so a rerun shows the same
+    # ('ab' for single responses); for rank and rating items the shown permutation of positions.
     shown_order: Mapped[str] = mapped_column(String(2))
+    shown_permutation: Mapped[list[int] | None] = mapped_column(JSONType)
+    # The guidelines version current when the item was handed out: what the annotator was shown.
+    guidelines_id: Mapped[int | None] = mapped_column(ForeignKey("guidelines.id"))
     leased_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     item: Mapped[Item] = relationship()
 
-
-class QueueSettings(Base):
-    """How items are handed out; a single row (id 1), edited on the admin page."""
-
-    __tablename__ = "queue_settings"
-    __table_args__ = (
-        CheckConstraint("overlap >= 1", name="overlap_positive"),
-        CheckConstraint("lease_seconds >= 10", name="lease_min"),
-    )
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    overlap: Mapped[int] = mapped_column(Integer, default=1)  # distinct annotators per item
-    lease_seconds: Mapped[int] = mapped_column(Integer, default=600)
-    prompt_tags: Mapped[list[str]] = mapped_column(JSONType, default=list)  # empty: any prompt
-    policy_version_ids: Mapped[list[int]] = mapped_column(JSONType, default=list)  # empty: any version
-    refill_below: Mapped[int] = mapped_column(Integer, default=4)  # open items that trigger a refill
-    refill_prompts: Mapped[int] = mapped_column(Integer, default=8)  # prompts sampled per refill
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    updated_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
 
 class SignInFailure(Base):

@@ -28,15 +28,18 @@ from sqlalchemy.orm import Session, aliased, joinedload
 from db.models import (
     Assignment,
     Item,
+    ItemResponse,
     Label,
+    Project,
     Prompt,
-    QueueSettings,
     Response,
     User,
     utcnow,
 )
+from feedback import conversions
 from feedback.actors import Actor, require_role
 from feedback.errors import UserError
+from feedback.projects import current_guidelines, default_project, require_member
 from feedback.tags import has_any_tag
 
 ANNOTATING_ROLES = ("annotator", "reviewer", "admin")
@@ -56,30 +59,25 @@ class Claim:
     right: str | None  # None for a single response
     shown_order: str
     expires_at: datetime
+    project_id: int = 0
+    # Every response in the order shown (rank and rating items: K of them; pairs: left, right).
+    responses: tuple[str, ...] = ()
+    guidelines_id: int | None = None
 
 
-def get_queue_settings(*, session: Session) -> QueueSettings:
-    settings = session.get(QueueSettings, 1)
-    if settings is None:
-        settings = QueueSettings(id=1)
-        session.add(settings)
-        session.flush()
-    return settings
-
-
-def update_queue_settings(*, session: Session, actor: Actor, overlap: int, lease_seconds: int,
+def update_queue_settings(*, session: Session, actor: Actor, project: Project, overlap: int, lease_seconds: int,
                           prompt_tags: list[str], policy_version_ids: list[int], refill_below: int,
-                          refill_prompts: int) -> QueueSettings:
+                          refill_prompts: int) -> Project:
     actor.require("admin")
     if overlap < 1 or lease_seconds < 10 or refill_below < 0 or refill_prompts < 1:
         raise UserError("overlap >= 1, lease >= 10 s, refill threshold >= 0 and refill size >= 1.")
-    settings = get_queue_settings(session=session)
+    settings = project
     settings.overlap, settings.lease_seconds = overlap, lease_seconds
     settings.prompt_tags = sorted({t.strip() for t in prompt_tags if t.strip()})
     settings.policy_version_ids = sorted(set(policy_version_ids))
     settings.refill_below, settings.refill_prompts = refill_below, refill_prompts
     settings.updated_at, settings.updated_by_id = utcnow(), actor.user_id
-    actor.record(session=session, action="queue.settings",
+    actor.record(session=session, action="queue.settings", target=f"project:{project.name}",
                  details={"overlap": overlap, "lease_seconds": lease_seconds, "prompt_tags": settings.prompt_tags,
                           "policy_version_ids": settings.policy_version_ids})
     return settings
@@ -95,12 +93,10 @@ def _taken_slots(item_id, now: datetime):
     )
 
 
-def open_items_query(*, settings: QueueSettings, kind: str | None, now: datetime, dialect: str,
-                     user_id: int | None = None):
-    """Items that still need an annotator (and, with `user_id`, that this one has not had)."""
-    query = select(Item.id).where(_taken_slots(Item.id, now) < settings.overlap)
-    if kind:
-        query = query.where(Item.kind == kind)
+def open_items_query(*, settings: Project, now: datetime, dialect: str, user_id: int | None = None):
+    """The project's items that still need an annotator (and, with `user_id`, that this one has
+    not had). `settings` is the project: its queue settings are its own columns."""
+    query = select(Item.id).where(Item.project_id == settings.id, _taken_slots(Item.id, now) < settings.overlap)
     if user_id is not None:
         mine = select(Assignment.id).where(Assignment.item_id == Item.id, Assignment.user_id == user_id)
         query = query.where(~exists(mine))
@@ -137,45 +133,69 @@ def _tiers(session: Session) -> list:
 _RESPONSE_A, _RESPONSE_B = aliased(Response, name="response_a"), aliased(Response, name="response_b")
 
 
+def _item_texts(session: Session, item_id: int) -> list[str]:
+    """A rank or rating item's K response texts, by position."""
+    return list(session.scalars(
+        select(Response.text).join(ItemResponse, ItemResponse.response_id == Response.id)
+        .where(ItemResponse.item_id == item_id).order_by(ItemResponse.position)))
+
+
 def _claim_of(session: Session, assignment: Assignment) -> Claim:
     # One query for everything the page shows (a hot path: every vote ends in a claim).
     ra, rb = _RESPONSE_A, _RESPONSE_B
-    kind, messages, text_a, text_b = session.execute(
-        select(Item.kind, Prompt.messages, ra.text, rb.text)
+    kind, project_id, messages, text_a, text_b = session.execute(
+        select(Item.kind, Item.project_id, Prompt.messages, ra.text, rb.text)
         .join(Prompt, Prompt.id == Item.prompt_id).join(ra, ra.id == Item.response_a_id)
         .outerjoin(rb, rb.id == Item.response_b_id).where(Item.id == assignment.item_id)
     ).one()
-    texts = [text_a] + ([text_b] if text_b is not None else [])
-    if assignment.shown_order == "ba":
-        texts.reverse()
+    if assignment.shown_permutation is not None:
+        by_position = _item_texts(session, assignment.item_id)
+        texts = [by_position[p] for p in assignment.shown_permutation]
+    else:
+        texts = [text_a] + ([text_b] if text_b is not None else [])
+        if assignment.shown_order == "ba":
+            texts.reverse()
     return Claim(assignment_id=assignment.id, item_id=assignment.item_id, kind=kind, messages=messages,
-                 left=texts[0], right=texts[1] if len(texts) > 1 else None, shown_order=assignment.shown_order,
-                 expires_at=assignment.expires_at)
+                 left=texts[0], right=texts[1] if kind == "pair" else None, shown_order=assignment.shown_order,
+                 expires_at=assignment.expires_at, project_id=project_id, responses=tuple(texts),
+                 guidelines_id=assignment.guidelines_id)
 
 
-def claim_next(*, session: Session, user: User, kind: str, now: datetime | None = None,
-               rng: random.Random | None = None) -> Claim | None:
-    """The annotator's current item of this kind, or a newly leased one; None if the pool is empty."""
+def resolve_project(session: Session, project: Project | int | None, kind: str | None) -> Project:
+    """A project given as itself or its id; None means the default project of `kind`."""
+    if isinstance(project, Project):
+        return project
+    if project is not None:
+        found = session.get(Project, project)
+        if found is None:
+            raise UserError(f"No project with id {project}.")
+        return found
+    return default_project(session=session, kind=kind or "pair")
+
+
+def claim_next(*, session: Session, user: User, project: Project | int | None = None, kind: str | None = None,
+               now: datetime | None = None, rng: random.Random | None = None) -> Claim | None:
+    """The annotator's current item in this project, or a newly leased one; None if its pool is
+    empty. Without a project, the default project of `kind` ('pair' or 'single')."""
     require_role(user, *ANNOTATING_ROLES)
-    if kind not in ("pair", "single"):
-        raise UserError("kind must be 'pair' or 'single'.")
+    settings = resolve_project(session, project, kind)
+    require_member(session=session, user=user, project=settings)
     now = now or utcnow()
     current = session.scalar(
         select(Assignment).join(Item, Item.id == Assignment.item_id)
         .where(Assignment.user_id == user.id, Assignment.status == "leased", Assignment.expires_at > now,
-               Item.kind == kind)
+               Item.project_id == settings.id)
         .order_by(Assignment.id).limit(1)
     )
     if current is not None:
         return _claim_of(session, current)
 
-    settings = get_queue_settings(session=session)
     dialect = session.get_bind().dialect.name
     postgres = dialect == "postgresql"
     tiers = _tiers(session)
     tried: list[int] = []
     for _ in range(CLAIM_ATTEMPTS):
-        base = open_items_query(settings=settings, kind=kind, now=now, dialect=dialect, user_id=user.id)
+        base = open_items_query(settings=settings, now=now, dialect=dialect, user_id=user.id)
         if tried:
             base = base.where(Item.id.not_in(tried))
         item_id = None
@@ -195,8 +215,16 @@ def claim_next(*, session: Session, user: User, kind: str, now: datetime | None 
         if postgres and session.scalar(select(_taken_slots(item_id, now))) >= settings.overlap:
             tried.append(item_id)
             continue
-        order = "ab" if kind == "single" else (rng or random).choice(("ab", "ba"))
-        assignment = Assignment(item_id=item_id, user_id=user.id, shown_order=order, status="leased",
+        rng = rng or random
+        order, permutation = "ab", None
+        if settings.task_type == "pairwise":
+            order = rng.choice(("ab", "ba"))
+        elif settings.task_type in ("rank", "rating"):  # a fresh order per annotator: no position bias
+            k = session.scalar(select(func.count()).select_from(ItemResponse).where(ItemResponse.item_id == item_id))
+            permutation = rng.sample(range(k), k)
+        guidelines = current_guidelines(session=session, project_id=settings.id)
+        assignment = Assignment(item_id=item_id, user_id=user.id, shown_order=order, shown_permutation=permutation,
+                                guidelines_id=guidelines.id if guidelines else None, status="leased",
                                 leased_at=now, expires_at=now + timedelta(seconds=settings.lease_seconds))
         try:
             with session.begin_nested():
@@ -241,7 +269,7 @@ def _record(session: Session, user: User, assignment: Assignment, label: Label, 
             # Lock the item as claim_next does: a claim of the freed slot that is in flight either
             # commits before the count below (which then sees it) or skips this item.
             session.execute(select(Item.id).where(Item.id == assignment.item_id).with_for_update(key_share=True))
-        settings = get_queue_settings(session=session)
+        settings = session.get(Project, assignment.item.project_id)
         others = session.scalar(
             select(func.count()).select_from(Assignment).where(
                 Assignment.item_id == assignment.item_id, Assignment.id != assignment.id,
@@ -270,6 +298,19 @@ def _clean_rationale(rationale: str | None) -> str | None:
     return text or None
 
 
+def _human_label(assignment: Assignment, user: User, submission_id: str, **values) -> Label:
+    return Label(item_id=assignment.item_id, source="human", user_id=user.id, submission_id=submission_id,
+                 guidelines_id=assignment.guidelines_id, **values)
+
+
+def _assignment_of_kind(session: Session, user: User, assignment_id: int, kind: str) -> Assignment:
+    require_role(user, *ANNOTATING_ROLES)
+    assignment = _assignment_for(session, user, assignment_id)
+    if assignment.item.kind != kind:
+        raise UserError(f"That item is a {assignment.item.kind} item, not a {kind} item.")
+    return assignment
+
+
 def submit_pairwise(*, session: Session, user: User, assignment_id: int, submission_id: str, preferred: str,
                     strength: str | None = None, rationale: str | None = None, now: datetime | None = None) -> Label:
     """Record a pairwise judgement given in the annotator's terms (left/right as shown)."""
@@ -279,29 +320,84 @@ def submit_pairwise(*, session: Session, user: User, assignment_id: int, submiss
     if strength not in (None, "slight", "much") or (strength and preferred not in ("left", "right")):
         raise UserError("strength is 'slight' or 'much', and only for a left or right preference.")
     now = now or utcnow()
-    assignment = _assignment_for(session, user, assignment_id)
-    if assignment.item.kind != "pair":
-        raise UserError("That item is a single response, not a pair.")
+    assignment = _assignment_of_kind(session, user, assignment_id, "pair")
     # Left/right as shown -> the item's own a/b.
     left_is_a = assignment.shown_order == "ab"
     choice = {"left": "a" if left_is_a else "b", "right": "b" if left_is_a else "a"}.get(preferred, preferred)
-    label = Label(item_id=assignment.item_id, kind="pairwise", choice=choice, strength=strength,
-                  rationale=_clean_rationale(rationale), source="human", user_id=user.id,
-                  shown_order=assignment.shown_order, submission_id=submission_id)
+    label = _human_label(assignment, user, submission_id, kind="pairwise", choice=choice, strength=strength,
+                         rationale=_clean_rationale(rationale), shown_order=assignment.shown_order)
     return _record(session, user, assignment, label, now)
 
 
 def submit_binary(*, session: Session, user: User, assignment_id: int, submission_id: str, thumb: str,
                   rationale: str | None = None, now: datetime | None = None) -> Label:
-    require_role(user, *ANNOTATING_ROLES)
     if thumb not in ("up", "down"):
         raise UserError("thumb must be 'up' or 'down'.")
     now = now or utcnow()
-    assignment = _assignment_for(session, user, assignment_id)
-    if assignment.item.kind != "single":
-        raise UserError("That item is a pair, not a single response.")
-    label = Label(item_id=assignment.item_id, kind="binary", thumb=thumb, rationale=_clean_rationale(rationale),
-                  source="human", user_id=user.id, submission_id=submission_id)
+    assignment = _assignment_of_kind(session, user, assignment_id, "single")
+    label = _human_label(assignment, user, submission_id, kind="binary", thumb=thumb,
+                         rationale=_clean_rationale(rationale))
+    return _record(session, user, assignment, label, now)
+
+
+def _to_positions(shown: list, permutation: list[int]) -> list:
+    """Values given in the order shown -> the same values by item position."""
+    by_position = [None] * len(permutation)
+    for shown_index, position in enumerate(permutation):
+        by_position[position] = shown[shown_index]
+    return by_position
+
+
+def submit_rank(*, session: Session, user: User, assignment_id: int, submission_id: str, ranks: list[int],
+                rationale: str | None = None, now: datetime | None = None) -> Label:
+    """Record a ranking given in the order shown: ranks[i] is the rank (1 = best, ties allowed) of
+    the i-th response on screen. Stored by item position."""
+    now = now or utcnow()
+    assignment = _assignment_of_kind(session, user, assignment_id, "rank")
+    permutation = assignment.shown_permutation
+    try:
+        shown = conversions.validate_ranking(ranks, len(permutation))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"Ranking: {exc}.") from None
+    label = _human_label(assignment, user, submission_id, kind="rank", ranking=_to_positions(shown, permutation),
+                         shown_permutation=permutation, rationale=_clean_rationale(rationale))
+    return _record(session, user, assignment, label, now)
+
+
+def submit_rating(*, session: Session, user: User, assignment_id: int, submission_id: str,
+                  ratings: list[dict], rationale: str | None = None, now: datetime | None = None) -> Label:
+    """Record ratings given in the order shown: ratings[i] = {"scores": {aspect: 1..5},
+    "rationales": {aspect: text}} for the i-th response on screen. Stored by item position."""
+    now = now or utcnow()
+    assignment = _assignment_of_kind(session, user, assignment_id, "rating")
+    permutation = assignment.shown_permutation
+    aspects = session.get(Project, assignment.item.project_id).aspects
+    try:
+        shown = conversions.validate_ratings(ratings, len(permutation), aspects)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise UserError(f"Ratings: {exc}.") from None
+    label = _human_label(assignment, user, submission_id, kind="rating", ratings=_to_positions(shown, permutation),
+                         shown_permutation=permutation, rationale=_clean_rationale(rationale))
+    return _record(session, user, assignment, label, now)
+
+
+MAX_EDIT_CHARS = 20_000
+
+
+def submit_edit(*, session: Session, user: User, assignment_id: int, submission_id: str, edited_text: str,
+                rationale: str | None = None, now: datetime | None = None) -> Label:
+    """Record a rewrite of the item's response, with its edit distance from the original."""
+    now = now or utcnow()
+    assignment = _assignment_of_kind(session, user, assignment_id, "edit")
+    edited = (edited_text or "").strip()
+    if not edited:
+        raise UserError("The rewrite is empty; to say the response is fine as it is, submit it unchanged.")
+    if len(edited) > MAX_EDIT_CHARS:
+        raise UserError(f"Please keep the rewrite under {MAX_EDIT_CHARS:,} characters.")
+    original = session.scalar(select(Response.text).where(Response.id == assignment.item.response_a_id))
+    label = _human_label(assignment, user, submission_id, kind="edit", edited_text=edited,
+                         edit_distance=conversions.edit_distance(original.strip(), edited),
+                         rationale=_clean_rationale(rationale))
     return _record(session, user, assignment, label, now)
 
 
@@ -320,12 +416,15 @@ class Progress:
     open_for_me: int  # items of this kind this annotator could still get
 
 
-def progress(*, session: Session, user: User, kind: str, now: datetime | None = None) -> Progress:
+def progress(*, session: Session, user: User, project: Project | int | None = None, kind: str | None = None,
+             now: datetime | None = None) -> Progress:
+    """This annotator's labels today and in all (in this project), and what is left for them."""
     now = now or utcnow()
+    settings = resolve_project(session, project, kind)
     start_of_day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    mine = select(func.count()).select_from(Label).where(Label.user_id == user.id, Label.source == "human")
-    settings = get_queue_settings(session=session)
-    open_query = open_items_query(settings=settings, kind=kind, now=now, dialect=session.get_bind().dialect.name,
+    mine = (select(func.count()).select_from(Label).join(Item, Item.id == Label.item_id)
+            .where(Label.user_id == user.id, Label.source == "human", Item.project_id == settings.id))
+    open_query = open_items_query(settings=settings, now=now, dialect=session.get_bind().dialect.name,
                                   user_id=user.id)
     return Progress(
         today=session.scalar(mine.where(Label.created_at >= start_of_day)) or 0,
@@ -334,32 +433,36 @@ def progress(*, session: Session, user: User, kind: str, now: datetime | None = 
     )
 
 
-def open_item_count(*, session: Session, now: datetime | None = None) -> int:
-    """Items anyone could still be handed (what refills watch)."""
-    settings = get_queue_settings(session=session)
-    query = open_items_query(settings=settings, kind=None, now=now or utcnow(), dialect=session.get_bind().dialect.name)
+def open_item_count(*, session: Session, project: Project | int | None = None, kind: str | None = None,
+                    now: datetime | None = None) -> int:
+    """The project's items anyone could still be handed (what its refills watch)."""
+    settings = resolve_project(session, project, kind)
+    query = open_items_query(settings=settings, now=now or utcnow(), dialect=session.get_bind().dialect.name)
     return session.scalar(select(func.count()).select_from(query.subquery())) or 0
 
 
 def recent_labels(*, session: Session, user: User, source: str | None = None, kind: str | None = None,
-                  username: str | None = None, limit: int = 200) -> list[dict]:
+                  username: str | None = None, project_id: int | None = None, limit: int = 200) -> list[dict]:
     """Recent labels for reviewers and admins: a fixed list of columns, nothing else."""
     require_role(user, "reviewer", "admin")
     annotator = aliased(User)
     query = (
-        select(Label.id, Label.created_at, Label.kind, Label.source, annotator.username, Label.producer,
-               Label.item_id, Label.choice, Label.strength, Label.thumb, Label.score, Label.shown_order,
-               Label.rationale, Prompt.text)
+        select(Label.id, Label.created_at, Project.name, Label.kind, Label.source, annotator.username,
+               Label.producer, Label.item_id, Label.choice, Label.strength, Label.thumb, Label.score,
+               Label.ranking, Label.edit_distance, Label.shown_order, Label.rationale, Prompt.text)
         .join(Item, Item.id == Label.item_id).join(Prompt, Prompt.id == Item.prompt_id)
+        .join(Project, Project.id == Item.project_id)
         .outerjoin(annotator, annotator.id == Label.user_id)
         .order_by(Label.id.desc()).limit(min(limit, 1000))
     )
+    if project_id is not None:
+        query = query.where(Item.project_id == project_id)
     if source:
         query = query.where(Label.source == source)
     if kind:
         query = query.where(Label.kind == kind)
     if username:
         query = query.where(annotator.username == username)
-    columns = ("id", "at", "kind", "source", "annotator", "producer", "item", "choice", "strength", "thumb",
-               "score", "shown_order", "rationale", "prompt")
+    columns = ("id", "at", "project", "kind", "source", "annotator", "producer", "item", "choice", "strength",
+               "thumb", "score", "ranking", "edit_distance", "shown_order", "rationale", "prompt")
     return [dict(zip(columns, row, strict=True)) for row in session.execute(query)]

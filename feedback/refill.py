@@ -1,5 +1,5 @@
-"""Keeping the pool full: when few items are left to hand out, a sampling job makes more from
-the current policy in the background, so an annotator never waits on generation."""
+"""Keeping each project's pool full: when few of its items are left to hand out, a sampling job
+makes more from the current policy in the background, so an annotator never waits on generation."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -8,10 +8,11 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from db.engine import session_scope
-from db.models import Job
+from db.models import Item, Job, Project
 from feedback import jobs
 from feedback.actors import Actor
-from feedback.queue import get_queue_settings, open_item_count
+from feedback.projects import default_project
+from feedback.queue import open_item_count
 from feedback.sampling import SamplingConfig
 
 # Any fixed number: Postgres advisory lock that makes "check, then create a job" one step.
@@ -20,33 +21,42 @@ _REFILL_LOCK = 727_001
 REFILL = Actor.process("refill")
 
 
-def refill_running(*, session: Session) -> bool:
-    return session.scalar(
-        select(Job.id).where(Job.kind == "sample", Job.status.in_(jobs.ACTIVE)).limit(1)
-    ) is not None
+def refill_running(*, session: Session, project: Project | None = None) -> bool:
+    """A sampling job is queued or running (for this project, when one is given)."""
+    active = session.scalars(select(Job.config).where(Job.kind == "sample", Job.status.in_(jobs.ACTIVE)))
+    return any(project is None or config.get("project", "default") == project.name for config in active)
 
 
-def maybe_refill(*, engine: Engine, database_url: str) -> int | None:
-    """Start a refill job if the pool is low and none is running; the job id, or None."""
+def _refill_config(project: Project) -> SamplingConfig:
+    return SamplingConfig(project=project.name, limit=project.refill_prompts, tags=list(project.prompt_tags))
+
+
+def maybe_refill(*, engine: Engine, database_url: str, project_id: int) -> int | None:
+    """Start a refill job for the project if its pool is low and none is running; the job id, or None."""
     with session_scope(engine) as session:
         if session.get_bind().dialect.name == "postgresql":
-            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _REFILL_LOCK})
-        settings = get_queue_settings(session=session)
+            session.execute(text("SELECT pg_advisory_xact_lock(:k, :p)"), {"k": _REFILL_LOCK, "p": project_id})
+        project = session.get(Project, project_id)
         jobs.mark_stale(session=session)
-        if refill_running(session=session) or open_item_count(session=session) >= settings.refill_below:
+        if refill_running(session=session, project=project) or \
+                open_item_count(session=session, project=project) >= project.refill_below:
             return None
-        config = SamplingConfig(limit=settings.refill_prompts, tags=list(settings.prompt_tags), items="both")
-        job = jobs.create_job(session=session, kind="sample", config=asdict(config), actor=REFILL)
+        job = jobs.create_job(session=session, kind="sample", config=asdict(_refill_config(project)), actor=REFILL)
     jobs.start_detached(job=job, database_url=database_url)
     return job.id
 
 
-def sample_new_policy(*, engine: Engine, database_url: str, actor: Actor) -> int:
-    """Right after a promotion: sample the queue's usual number of prompts from the new active
-    policy, so the annotation pages serve its responses next (on-policy items go first)."""
+def sample_new_policy(*, engine: Engine, database_url: str, actor: Actor) -> list[int]:
+    """Right after a promotion: sample each project's usual refill from the new active policy,
+    so every annotation page serves its responses next (on-policy items go first). Projects with
+    no items yet are left to their first refill (the default project, when none has any)."""
+    created = []
     with session_scope(engine) as session:
-        settings = get_queue_settings(session=session)
-        config = SamplingConfig(limit=settings.refill_prompts, tags=list(settings.prompt_tags), items="both")
-        job = jobs.create_job(session=session, kind="sample", config=asdict(config), actor=actor)
-    jobs.start_detached(job=job, database_url=database_url)
-    return job.id
+        in_use = select(Item.project_id).distinct()
+        projects = list(session.scalars(select(Project).where(Project.id.in_(in_use)).order_by(Project.id)))
+        for project in projects or [default_project(session=session)]:
+            created.append(jobs.create_job(session=session, kind="sample", config=asdict(_refill_config(project)),
+                                           actor=actor))
+    for job in created:
+        jobs.start_detached(job=job, database_url=database_url)
+    return [job.id for job in created]

@@ -18,12 +18,14 @@ from feedback.settings import get_settings
 class Release:
     name: str
     deployed: str  # what deploy did ("local", "loaded v3 on http://...")
-    sampling_job: int | None  # the job sampling the new policy for annotators, if one was started
+    # The jobs sampling the new policy for annotators, one per project in use.
+    sampling_jobs: list[int]
 
     def summary(self) -> str:
         text = f"{self.name} is the active policy ({self.deployed})"
-        if self.sampling_job is not None:
-            text += f"; sampling job {self.sampling_job} is making items from it, which annotators get first"
+        if self.sampling_jobs:
+            text += (f"; sampling job{'s' * (len(self.sampling_jobs) > 1)} {', '.join(map(str, self.sampling_jobs))}"
+                     " making items from it, which annotators get first")
         return text
 
 
@@ -45,7 +47,7 @@ def release_policy(*, engine: Engine, name: str, actor: Actor, resample: bool = 
         deployed = deploy(version=version)
     with session_scope(engine) as session:
         promote(session=session, name=name, actor=actor, override_reason=override_reason)
-    job_id = None
+    job_ids = []
     if resample:
-        job_id = sample_new_policy(engine=engine, database_url=get_settings().database_url, actor=actor)
-    return Release(name=name, deployed=deployed, sampling_job=job_id)
+        job_ids = sample_new_policy(engine=engine, database_url=get_settings().database_url, actor=actor)
+    return Release(name=name, deployed=deployed, sampling_jobs=job_ids)

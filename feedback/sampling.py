@@ -1,4 +1,9 @@
-"""Sampling: prompts -> responses from a policy version -> items to label.
+"""Sampling: prompts -> responses from a policy version -> items to label, in one project.
+
+The project's task type decides the items: pairs of two distinct responses (pairwise), one item
+per response (binary, edit), or one item of the K distinct responses to a prompt (rank, rating:
+K samples per prompt; duplicates up to white space are dropped, and a prompt with fewer than two
+distinct answers makes no item).
 
 Work is committed one chunk of prompts at a time, so a long run shows progress, its items can
 be labelled while it goes on, and a cancel or crash loses at most one chunk.
@@ -14,21 +19,24 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from db.engine import session_scope
-from db.models import Item, PolicyVersion, Prompt, Response
+from db.models import Item, ItemResponse, PolicyVersion, Project, Prompt, Response
 from feedback import jobs
 from feedback.config_fields import cfg_field
 from feedback.errors import UserError
 from feedback.policies import active_policy, policy_by_name
 from feedback.policy import Completion, PolicyClient, SamplingParams, client_for
+from feedback.projects import get_project
 from feedback.tags import has_any_tag
 
-ItemsMode = Literal["pair", "single", "both"]
+ItemKind = Literal["pair", "single", "rank", "rating", "edit"]
 
 
 @dataclass
 class SamplingConfig:
     limit: int = cfg_field(16, "How many prompts to sample this run (those this version answered least often first).")
-    n_per_prompt: int = cfg_field(2, "Samples per prompt (per version in versus mode).")
+    project: str = cfg_field("default", "The project to sample into; its task type decides the items made.")
+    n_per_prompt: int = cfg_field(
+        2, "Samples per prompt (per version in versus mode); rank and rating projects take their K.")
     policy_version: str | None = cfg_field(None, "Policy version to sample (None: the active one).")
     versus_version: str | None = cfg_field(
         None, "Pair each response with one from this version (vN against vN-1).", flag="--versus")
@@ -39,24 +47,46 @@ class SamplingConfig:
     split: str = cfg_field("train", "Which prompts: the train split, or val (held out for the gate).",
                            choices=("train", "val"))
     tags: list[str] = cfg_field([], "Only prompts with at least one of these tags.", flag="--tag")
-    items: ItemsMode = cfg_field("pair", "What to make: pairs (A/B), singles (thumbs), or both.")
     chunk_prompts: int = cfg_field(8, "Prompts per model call and per commit (a crash loses at most one chunk).")
 
     def __post_init__(self) -> None:
         if self.limit < 1:
             raise UserError("--limit must be at least 1.")
-        if self.items not in ("pair", "single", "both"):
-            raise UserError("items must be pair, single or both.")
-        if self.items != "single" and self.n_per_prompt < 2 and not self.versus_version:
-            raise UserError("Pairs need at least 2 samples per prompt (or a --versus version).")
+        if self.n_per_prompt < 1:
+            raise UserError("--n-per-prompt must be at least 1.")
         try:
             self.params()
         except ValueError as exc:
             raise UserError(str(exc)) from exc
 
-    def params(self) -> SamplingParams:
+    def params(self, n: int | None = None) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_p=self.top_p,
-                              max_new_tokens=self.max_new_tokens, n=self.n_per_prompt, seed=self.seed)
+                              max_new_tokens=self.max_new_tokens, n=n or self.n_per_prompt, seed=self.seed)
+
+    def check_for(self, project: Project) -> int:
+        """Samples per prompt for this project's items (a clear error when they cannot be made)."""
+        if project.task_type in ("rank", "rating"):
+            if self.versus_version:
+                raise UserError("Versus mode makes pairs; sample a pairwise project with it.")
+            return project.k
+        if project.task_type == "pairwise" and self.n_per_prompt < 2 and not self.versus_version:
+            raise UserError("Pairs need at least 2 samples per prompt (or a --versus version).")
+        if project.task_type != "pairwise" and self.versus_version:
+            raise UserError("Versus mode makes pairs; sample a pairwise project with it.")
+        return self.n_per_prompt
+
+
+ITEM_KIND = {"pairwise": "pair", "binary": "single", "rank": "rank", "rating": "rating", "edit": "edit"}
+
+
+def distinct(texts: Sequence[str]) -> list[int]:
+    """Indices of the first occurrence of each text, up to white space."""
+    seen, keep = set(), []
+    for i, text in enumerate(texts):
+        if (key := _normalised(text)) not in seen:
+            seen.add(key)
+            keep.append(i)
+    return keep
 
 
 def _normalised(text: str) -> str:
@@ -127,29 +157,42 @@ def store_responses(*, session: Session, prompt: Prompt, version: PolicyVersion,
 
 def record_samples(
     *, session: Session, prompt: Prompt, version: PolicyVersion, completions: list[Completion],
-    params: dict[str, Any], items: ItemsMode = "pair", job_id: int | None = None,
+    params: dict[str, Any], project: Project, job_id: int | None = None,
     versus: tuple[PolicyVersion, list[Completion], dict[str, Any]] | None = None,
-) -> tuple[int, int]:
-    """Store the responses to one prompt and the items made from them: (pairs, singles)."""
+) -> int:
+    """Store the responses to one prompt and the project's items made from them; the item count."""
     responses = store_responses(session=session, prompt=prompt, version=version, completions=completions,
                                 params=params, job_id=job_id)
     other = store_responses(session=session, prompt=prompt, version=versus[0], completions=versus[1],
                             params=versus[2], job_id=job_id) if versus else []
-    n_pairs = n_singles = 0
-    if items in ("pair", "both"):
+    kind = ITEM_KIND[project.task_type]
+
+    def item(a: Response, b: Response | None = None) -> Item:
+        made = Item(kind=kind, project_id=project.id, prompt_id=prompt.id, response_a_id=a.id,
+                    response_b_id=b.id if b else None, job_id=job_id)
+        session.add(made)
+        return made
+
+    if kind == "pair":
         if versus:
-            index_pairs = make_pairs([r.text for r in responses], [r.text for r in other])
-            tuples = [(responses[i], other[j]) for i, j in index_pairs]
+            tuples = [(responses[i], other[j]) for i, j in make_pairs([r.text for r in responses],
+                                                                       [r.text for r in other])]
         else:
             tuples = [(responses[i], responses[j]) for i, j in make_pairs([r.text for r in responses])]
         for a, b in tuples:
-            session.add(Item(kind="pair", prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id, job_id=job_id))
-        n_pairs = len(tuples)
-    if items in ("single", "both"):
-        for r in responses + other:
-            session.add(Item(kind="single", prompt_id=prompt.id, response_a_id=r.id, job_id=job_id))
-        n_singles = len(responses) + len(other)
-    return n_pairs, n_singles
+            item(a, b)
+        return len(tuples)
+    if kind in ("single", "edit"):
+        for r in responses:
+            item(r)
+        return len(responses)
+    keep = [responses[i] for i in distinct([r.text for r in responses])]
+    if len(keep) < 2:
+        return 0
+    made = item(keep[0])
+    session.flush()
+    session.add_all([ItemResponse(item_id=made.id, position=p, response_id=r.id) for p, r in enumerate(keep)])
+    return 1
 
 
 def run_sampling(
@@ -159,6 +202,8 @@ def run_sampling(
 ) -> dict[str, Any]:
     """Sample `config.limit` prompts and store responses and items; returns counts."""
     with session_scope(engine, read_only=True) as s:
+        project = get_project(session=s, name=config.project)
+        n = config.check_for(project)
         version = policy_by_name(session=s, name=config.policy_version) if config.policy_version \
             else active_policy(session=s)
         versus = policy_by_name(session=s, name=config.versus_version) if config.versus_version else None
@@ -170,9 +215,9 @@ def run_sampling(
     client = client_factory(version)
     versus_client = client_factory(versus) if versus else None
     # In versus mode both versions answer with the same settings; pairs cross the versions.
-    params = config.params()
+    params = config.params(n)
 
-    totals = {"prompts": 0, "responses": 0, "pairs": 0, "singles": 0, "prompts_without_pair": 0}
+    totals = {"project": project.name, "prompts": 0, "responses": 0, "items": 0, "prompts_without_item": 0}
     if on_progress:
         on_progress(0, len(prompts))
     for start in range(0, len(prompts), config.chunk_prompts):
@@ -186,14 +231,13 @@ def run_sampling(
                 prompt = s.merge(prompt, load=False)
                 vs = (s.merge(versus, load=False), versus_results[k],
                       {**params.as_dict(), "backend": versus_client.description}) if versus else None
-                pairs, singles = record_samples(
+                n_items = record_samples(
                     session=s, prompt=prompt, version=s.merge(version, load=False), completions=results[k],
-                    params=made, items=config.items, job_id=job_id, versus=vs,
+                    params=made, project=s.merge(project, load=False), job_id=job_id, versus=vs,
                 )
                 totals["responses"] += len(results[k]) + (len(versus_results[k]) if versus_results else 0)
-                totals["pairs"] += pairs
-                totals["singles"] += singles
-                totals["prompts_without_pair"] += int(config.items != "single" and pairs == 0)
+                totals["items"] += n_items
+                totals["prompts_without_item"] += int(n_items == 0)
         totals["prompts"] += len(chunk)
         if on_progress:
             on_progress(totals["prompts"], len(prompts))

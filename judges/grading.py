@@ -87,7 +87,9 @@ def _has_reference():
 def _pending(producer: str, item_ids: Sequence[int] | None):
     """Items with no label from this producer yet (optionally among item_ids), joined to their prompt."""
     labelled = exists().where(Label.item_id == Item.id, Label.producer == producer)
-    query = select(Item.id).join(Prompt, Prompt.id == Item.prompt_id).where(~labelled)
+    # Graders score pairs and single responses; rank, rating and edit items are people's work.
+    query = select(Item.id).join(Prompt, Prompt.id == Item.prompt_id).where(~labelled,
+                                                                          Item.kind.in_(("pair", "single")))
     if item_ids is not None:
         query = query.where(Item.id.in_(list(item_ids)))
     return query

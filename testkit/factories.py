@@ -7,10 +7,10 @@ import uuid
 from sqlalchemy import Engine
 
 from db.engine import session_scope
-from db.models import Item, PolicyVersion, Prompt, QueueSettings, Response, User
-from feedback import queue
+from db.models import Item, ItemResponse, PolicyVersion, Project, Prompt, Response, User
 from feedback.actors import Actor
 from feedback.policies import ensure_base_policy
+from feedback.projects import default_project
 from feedback.prompts import canonical_messages, content_hash
 from judges.constitutions import ensure_shipped
 
@@ -20,26 +20,59 @@ FACTORY = Actor.process("testkit")
 # --- the annotation queue (tests/test_queue.py, tests/test_concurrency.py, bench/annotation_queue.py)
 
 
+def _new_prompt(tags: list[str] | None) -> Prompt:
+    text = f"prompt {uuid.uuid4().hex[:12]}"
+    messages = canonical_messages(text, None)
+    return Prompt(text=text, messages=messages, content_hash=content_hash(messages), split="train",
+                  tags=list(tags or []), source="test")
+
+
 def make_items(session, *, pairs: int = 0, singles: int = 0, tags: list[str] | None = None,
                policy: PolicyVersion | None = None, actor: Actor = FACTORY) -> list[int]:
-    """`pairs` pair items then `singles` single items, each on its own new prompt; returns their ids.
+    """`pairs` pair items then `singles` single items, each on its own new prompt, in the default
+    projects of their kinds; returns their ids.
 
     Response texts are "<prompt> :: A" / "<prompt> :: B" so a test can tell which one is shown where.
     """
     policy = policy or ensure_base_policy(session=session, actor=actor)
     items = []
     for kind, count in (("pair", pairs), ("single", singles)):
+        project = default_project(session=session, kind=kind) if count else None
         for _ in range(count):
-            text = f"prompt {uuid.uuid4().hex[:12]}"
-            messages = canonical_messages(text, None)
-            prompt = Prompt(text=text, messages=messages, content_hash=content_hash(messages), split="train",
-                            tags=list(tags or []), source="test")
-            a = Response(prompt=prompt, policy_version_id=policy.id, text=f"{text} :: A")
-            b = Response(prompt=prompt, policy_version_id=policy.id, text=f"{text} :: B") if kind == "pair" else None
-            items.append(Item(kind=kind, prompt=prompt, response_a=a, response_b=b))
+            prompt = _new_prompt(tags)
+            a = Response(prompt=prompt, policy_version_id=policy.id, text=f"{prompt.text} :: A")
+            b = Response(prompt=prompt, policy_version_id=policy.id, text=f"{prompt.text} :: B") \
+                if kind == "pair" else None
+            items.append(Item(kind=kind, project_id=project.id, prompt=prompt, response_a=a, response_b=b))
     session.add_all(items)
     session.flush()
     return [item.id for item in items]
+
+
+def make_project_items(session, *, project: Project, count: int, tags: list[str] | None = None,
+                       policy: PolicyVersion | None = None, actor: Actor = FACTORY) -> list[int]:
+    """`count` items of the project's kind, each on its own new prompt; returns their ids.
+
+    Rank and rating items hold the project's K responses, texts "<prompt> :: 0" .. ":: K-1" by
+    position; edit and binary items one response "<prompt> :: 0"; pairs ":: A" and ":: B"."""
+    if project.task_type == "pairwise":
+        raise ValueError("use make_items for pairs")
+    policy = policy or ensure_base_policy(session=session, actor=actor)
+    kind = {"binary": "single"}.get(project.task_type, project.task_type)
+    ids = []
+    for _ in range(count):
+        prompt = _new_prompt(tags)
+        responses = [Response(prompt=prompt, policy_version_id=policy.id, text=f"{prompt.text} :: {p}")
+                     for p in range(project.k)]
+        item = Item(kind=kind, project_id=project.id, prompt=prompt, response_a=responses[0])
+        session.add_all([*responses, item])
+        session.flush()
+        if kind in ("rank", "rating"):
+            session.add_all([ItemResponse(item_id=item.id, position=p, response_id=r.id)
+                             for p, r in enumerate(responses)])
+        ids.append(item.id)
+    session.flush()
+    return ids
 
 
 def make_users(session, count: int, *, role: str = "annotator", prefix: str = "ann") -> list[int]:
@@ -50,9 +83,10 @@ def make_users(session, count: int, *, role: str = "annotator", prefix: str = "a
     return [u.id for u in users]
 
 
-def set_queue(session, **fields) -> QueueSettings:
-    """Set fields of the queue settings row directly (no validation, no audit entry)."""
-    settings = queue.get_queue_settings(session=session)
+def set_queue(session, *, project: Project | None = None, kind: str = "pair", **fields) -> Project:
+    """Set queue fields of a project (default: the default project of `kind`) directly, with no
+    validation and no audit entry."""
+    settings = project or default_project(session=session, kind=kind)
     for name, value in fields.items():
         setattr(settings, name, value)
     session.flush()
@@ -79,4 +113,5 @@ def seed_short_long_pairs(engine: Engine, count: int, actor: Actor = FACTORY) ->
             s.add_all([short, long])
             s.flush()
             a, b = (short, long) if i % 2 == 0 else (long, short)
-            s.add(Item(kind="pair", prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id))
+            s.add(Item(kind="pair", project_id=default_project(session=s).id, prompt_id=prompt.id,
+                       response_a_id=a.id, response_b_id=b.id))

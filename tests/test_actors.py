@@ -88,7 +88,7 @@ def test_release_deploys_promotes_and_samples_from_the_new_policy(engine, use_db
     release = release_policy(engine=engine, name="v1", actor=CLI, override_reason="a hand-built version")
     with session_scope(engine, read_only=True) as s:
         assert policies.active_policy(session=s).name == "v1"
-        job = s.get(jobs.Job, release.sampling_job)
+        [job] = [s.get(jobs.Job, j) for j in release.sampling_jobs]
     assert job.kind == "sample" and launched == [(job.id, "sample")]
     assert "v1 is the active policy (local)" in release.summary()
     with session_scope(engine, read_only=True) as s:

@@ -13,6 +13,7 @@ from feedback.actors import CLI
 from feedback.errors import UserError
 from feedback.export import export_rows, write_rows
 from feedback.policies import ensure_base_policy
+from feedback.projects import default_project
 from feedback.prompts import content_hash
 from feedback.users import create_user
 
@@ -87,9 +88,11 @@ def fill_database(engine) -> None:
                                         params={"temperature": 0.7}, seed=i) for side in "ab"}
             session.add_all(responses.values())
             session.flush()
-            pair = Item(kind="pair", prompt_id=prompt.id, response_a_id=responses["a"].id,
+            pairs_in = default_project(session=session).id
+            singles_in = default_project(session=session, kind="single").id
+            pair = Item(kind="pair", project_id=pairs_in, prompt_id=prompt.id, response_a_id=responses["a"].id,
                         response_b_id=responses["b"].id)
-            singles = {side: Item(kind="single", prompt_id=prompt.id, response_a_id=r.id)
+            singles = {side: Item(kind="single", project_id=singles_in, prompt_id=prompt.id, response_a_id=r.id)
                        for side, r in responses.items()}
             session.add_all([pair, *singles.values()])
             session.flush()
@@ -102,13 +105,21 @@ def fill_database(engine) -> None:
         # A grader score says nothing binary or pairwise: no export may pick it up.
         label(singles["b"], "grader", kind="score", score=0.9)
         # An unlabelled pair (b vs a order) must not appear either.
-        session.add(Item(kind="pair", prompt_id=prompt.id, response_a_id=responses["b"].id,
-                         response_b_id=responses["a"].id))
+        session.add(Item(kind="pair", project_id=default_project(session=session).id, prompt_id=prompt.id,
+                         response_a_id=responses["b"].id, response_b_id=responses["a"].id))
 
 
 def export(engine, fmt: str, **kwargs) -> list[dict]:
+    """The rows, each without its `rule` column once checked (the tests below compare TRL's columns)."""
     with session_scope(engine, read_only=True) as session:
-        return export_rows(session=session, fmt=fmt, **kwargs)
+        rows = export_rows(session=session, fmt=fmt, **kwargs)
+    for row in rows:
+        assert row.pop("rule") in RULES[fmt]
+    return rows
+
+
+# What made each row of the fixture's data: pairs by majority; thumbs; pairs unpaired never (off by default).
+RULES = {"dpo": {"pairwise:majority"}, "reward": {"pairwise:majority"}, "kto": {"binary:majority"}}
 
 
 def by_question(rows: list[dict]) -> dict[int, dict]:

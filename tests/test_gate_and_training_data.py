@@ -12,10 +12,12 @@ from db.models import Item, Label, PolicyVersion, Prompt, Response, SnapshotLabe
 from feedback import jobs
 from feedback.actors import CLI
 from feedback.errors import UserError
-from feedback.export import export_rows, kto_rows, preference_rows
+from feedback.export import export_rows
 from feedback.policies import ensure_base_policy, promote
 from feedback.policy.base import Completion
+from feedback.projects import default_project
 from feedback.prompts import canonical_messages, content_hash
+from feedback.rows import RowSettings, Scope, kto_rows, preference_rows
 from judges.backends import BACKENDS, JudgeReply
 from judges.constitutions import ensure_shipped
 from judges.grading import run_grading
@@ -117,8 +119,10 @@ def votes(engine):
                               text=f"{2 * i if i % 2 == 0 else 99}", params={})
             s.add_all([a, b, single])
             s.flush()
-            pair = Item(kind="pair", prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id)
-            s.add_all([pair, Item(kind="single", prompt_id=prompt.id, response_a_id=single.id)])
+            pair = Item(kind="pair", project_id=default_project(session=s).id, prompt_id=prompt.id,
+                        response_a_id=a.id, response_b_id=b.id)
+            s.add_all([pair, Item(kind="single", project_id=default_project(session=s, kind="single").id,
+                                  prompt_id=prompt.id, response_a_id=single.id)])
             s.flush()
             for k, person in enumerate(people):
                 s.add(Label(item_id=pair.id, kind="pairwise", choice="a" if k < 3 else "b", source="human",
@@ -148,7 +152,7 @@ def test_val_prompts_never_reach_a_snapshot_or_an_export(votes):
 def test_soft_keeps_each_vote_and_majority_keeps_one_row(votes):
     with session_scope(votes, read_only=True) as s:
         majority = preference_rows(session=s)
-        soft = preference_rows(session=s, rule="soft")
+        soft = preference_rows(session=s, settings=RowSettings(rule="soft"))
     assert len(majority) == 2
     assert len(soft) == 8  # 2 train pairs x 4 votes
     towards_a = [r for r in soft if r["chosen"][0]["content"] != "no idea"]
@@ -158,12 +162,14 @@ def test_soft_keeps_each_vote_and_majority_keeps_one_row(votes):
 def test_kto_rows_from_grader_scores_and_from_pairs(votes):
     run_grading(engine=votes, spec="numeric", actor=CLI)
     with session_scope(votes, read_only=True) as s:
-        from_grader = kto_rows(session=s, sources=["grader"])
-        stricter = kto_rows(session=s, sources=["grader"], kto_threshold=1.1)
-        unpaired = kto_rows(session=s, sources=["human"], kto_from_pairs=True)
+        from_grader = kto_rows(session=s, scope=Scope(sources=("grader",)))
+        stricter = kto_rows(session=s, scope=Scope(sources=("grader",)), settings=RowSettings(kto_threshold=1.1))
+        unpaired = kto_rows(session=s, scope=Scope(sources=("human",)), settings=RowSettings(kto_from_pairs=True))
     assert sorted(r["label"] for r in from_grader) == [False, True]  # train singles: 0 right, 1 wrong
     assert not any(r["label"] for r in stricter)
     assert sorted(r["label"] for r in unpaired) == [False, False, True, True]
+    assert {r["rule"] for r in from_grader} == {"grader:kto_threshold"}
+    assert {r["rule"] for r in unpaired} == {"pairwise:unpaired"}
 
 
 @pytest.mark.train

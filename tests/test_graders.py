@@ -19,6 +19,7 @@ from feedback import jobs
 from feedback.actors import CLI
 from feedback.errors import UserError
 from feedback.policies import ensure_base_policy
+from feedback.projects import default_project
 from feedback.prompts import canonical_messages, content_hash
 from judges.graders import (
     GRADERS,
@@ -507,7 +508,8 @@ def _responses(s, prompt: Prompt, version, *texts: str) -> list[Response]:
 
 
 def _item(s, prompt: Prompt, a: Response, b: Response | None = None) -> int:
-    item = Item(kind="pair" if b else "single", prompt_id=prompt.id, response_a_id=a.id,
+    kind = "pair" if b else "single"
+    item = Item(kind=kind, project_id=default_project(session=s, kind=kind).id, prompt_id=prompt.id, response_a_id=a.id,
                 response_b_id=b.id if b else None)
     s.add(item)
     s.flush()

@@ -14,6 +14,7 @@ from db.models import Item, Judgment, Label, Prompt, Response, User
 from feedback import jobs, queue
 from feedback.actors import CLI
 from feedback.errors import UserError
+from feedback.projects import default_project
 from feedback.prompts import canonical_messages, content_hash
 from judges import batch
 from judges.batch import JudgeConfig
@@ -130,7 +131,8 @@ def test_a_resumed_batch_job_fills_gaps_without_paying_again(engine, pairs, stub
         b = Response(prompt_id=prompt.id, policy_version_id=v0, text="a much longer answer", params={})
         s.add_all([a, b])
         s.flush()
-        late = Item(kind="pair", prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id)
+        late = Item(kind="pair", project_id=default_project(session=s).id, prompt_id=prompt.id,
+                    response_a_id=a.id, response_b_id=b.id)
         s.add(late)
         s.flush()
         late_id = late.id

@@ -16,6 +16,7 @@ from feedback import jobs
 from feedback.actors import CLI
 from feedback.errors import UserError
 from feedback.policies import ensure_base_policy
+from feedback.projects import default_project
 from feedback.prompts import canonical_messages, content_hash
 from judges import calibration
 from judges.backends import BACKENDS, JudgeReply, get_backend
@@ -83,7 +84,8 @@ def pairs(engine):
             s.add_all([good, bad])
             s.flush()
             a, b = (good, bad) if i % 2 == 0 else (bad, good)
-            item = Item(kind="pair", prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id)
+            item = Item(kind="pair", project_id=default_project(session=s).id, prompt_id=prompt.id,
+                        response_a_id=a.id, response_b_id=b.id)
             s.add(item)
             s.flush()
             ids.append(item.id)

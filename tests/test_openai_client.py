@@ -262,8 +262,8 @@ def test_run_sampling_through_openai_backend(llama_server, engine, monkeypatch):
         assert all(len(texts) == 2 for texts in by_prompt.values())
         distinct = sum(_normalised(a) != _normalised(b) for a, b in by_prompt.values())
         items = list(s.scalars(select(Item)))
-        assert len(items) == distinct == totals["pairs"]
-        assert totals["prompts_without_pair"] == 2 - distinct
+        assert len(items) == distinct == totals["items"]
+        assert totals["prompts_without_item"] == 2 - distinct
         text_of = {r.id: r.text for r in responses}
         for item in items:
             assert item.kind == "pair"

@@ -22,13 +22,14 @@ from db.models import (
     AuditLog,
     Label,
     PolicyVersion,
-    QueueSettings,
+    Project,
     SignInFailure,
     User,
 )
 from feedback import queue
 from feedback.actors import CLI, Actor
 from feedback.errors import PermissionDenied, UserError
+from feedback.projects import default_project
 from feedback.users import (
     FAILURE_WINDOW,
     MAX_FAILURES,
@@ -319,10 +320,10 @@ def test_kind_mismatch_is_refused(engine, world):
     pair = claim(engine, world["a"], kind="pair")
     single = claim(engine, world["a"], kind="single")
     assert single.right is None and single.shown_order == "ab"
-    with session_scope(engine) as s, pytest.raises(UserError, match="pair, not a single"):
+    with session_scope(engine) as s, pytest.raises(UserError, match="pair item, not a single item"):
         queue.submit_binary(session=s, user=s.get(User, world["a"]), assignment_id=pair.assignment_id,
                             submission_id="x1", thumb="up", now=T0)
-    with pytest.raises(UserError, match="single response"):
+    with pytest.raises(UserError, match="single item, not a pair item"):
         submit(engine, world["a"], single.assignment_id)
     with session_scope(engine, read_only=True) as s:
         assert count(s, Label) == 0
@@ -361,11 +362,12 @@ def test_queue_settings_prompt_tags_filter(engine, world):
         (math_id,) = make_items(s, pairs=1, tags=["math", "easy"])
         make_items(s, pairs=1, tags=["chat"])
         make_items(s, pairs=1)
-        queue.update_queue_settings(session=s, actor=Actor.signed_in(s.get(User, world["admin"])), overlap=1,
+        queue.update_queue_settings(session=s, project=default_project(session=s),
+                                    actor=Actor.signed_in(s.get(User, world["admin"])), overlap=1,
                                     lease_seconds=LEASE, prompt_tags=[" math ", "poetry", ""], policy_version_ids=[],
                                     refill_below=4, refill_prompts=8)
     with session_scope(engine, read_only=True) as s:
-        assert s.get(QueueSettings, 1).prompt_tags == ["math", "poetry"]
+        assert default_project(session=s).prompt_tags == ["math", "poetry"]
         assert queue.progress(session=s, user=s.get(User, world["a"]), kind="pair", now=T0).open_for_me == 1
         assert queue.open_item_count(session=s, now=T0) == 1
     assert claim(engine, world["a"]).item_id == math_id
@@ -379,10 +381,11 @@ def test_queue_settings_policy_version_filter(engine, world):
         s.add(v1)
         s.flush()
         v1_ids = make_items(s, pairs=2, policy=v1)
-        queue.update_queue_settings(session=s, actor=Actor.signed_in(s.get(User, world["admin"])), overlap=1,
+        queue.update_queue_settings(session=s, project=default_project(session=s),
+                                    actor=Actor.signed_in(s.get(User, world["admin"])), overlap=1,
                                     lease_seconds=LEASE, prompt_tags=[], policy_version_ids=[v1.id, v1.id],
                                     refill_below=4, refill_prompts=8)
-        assert s.get(QueueSettings, 1).policy_version_ids == [v1.id]
+        assert default_project(session=s).policy_version_ids == [v1.id]
     got = [claim(engine, uid).item_id for uid in (world["a"], world["b"])]
     assert sorted(got) == sorted(v1_ids)
     assert claim(engine, world["c"]) is None
@@ -395,12 +398,14 @@ def test_update_queue_settings_validates_and_audits(engine, world):
             args = dict(overlap=2, lease_seconds=60, prompt_tags=[], policy_version_ids=[], refill_below=1,
                         refill_prompts=1) | bad
             with pytest.raises(UserError):
-                queue.update_queue_settings(session=s, actor=Actor.signed_in(admin), **args)
+                queue.update_queue_settings(session=s, project=default_project(session=s),
+                                            actor=Actor.signed_in(admin), **args)
         assert count(s, AuditLog) == 0
-        queue.update_queue_settings(session=s, actor=Actor.signed_in(admin), overlap=3, lease_seconds=60,
+        queue.update_queue_settings(session=s, project=default_project(session=s), actor=Actor.signed_in(admin),
+                                    overlap=3, lease_seconds=60,
                                     prompt_tags=[], policy_version_ids=[], refill_below=1, refill_prompts=1)
     with session_scope(engine, read_only=True) as s:
-        settings = s.get(QueueSettings, 1)
+        settings = default_project(session=s)
         assert (settings.overlap, settings.lease_seconds, settings.updated_by_id) == (3, 60, world["admin"])
         assert s.scalar(select(AuditLog.action)) == "queue.settings"
 
@@ -543,13 +548,13 @@ ALLOWED = {
 def _fingerprint(s) -> dict:
     """Everything a forbidden action could have touched."""
     return {
-        "counts": {m.__tablename__: count(s, m) for m in (User, Assignment, Label, QueueSettings, AuditLog,
+        "counts": {m.__tablename__: count(s, m) for m in (User, Assignment, Label, Project, AuditLog,
                                                           SignInFailure)},
         "users": s.execute(select(User.id, User.username, User.role, User.active, User.password_hash)
                            .order_by(User.id)).all(),
         "assignments": s.execute(select(Assignment.id, Assignment.status).order_by(Assignment.id)).all(),
-        "settings": s.execute(select(QueueSettings.overlap, QueueSettings.lease_seconds, QueueSettings.prompt_tags,
-                                     QueueSettings.policy_version_ids, QueueSettings.updated_at)).all(),
+        "settings": s.execute(select(Project.overlap, Project.lease_seconds, Project.prompt_tags,
+                                     Project.policy_version_ids, Project.updated_at)).all(),
     }
 
 
@@ -581,7 +586,8 @@ def test_role_matrix(engine, role):
         "claim_next": lambda s, me: queue.claim_next(session=s, user=me, kind="pair"),
         "recent_labels": lambda s, me: queue.recent_labels(session=s, user=me),
         "update_queue_settings": lambda s, me: queue.update_queue_settings(
-            session=s, actor=Actor.signed_in(me), overlap=2, lease_seconds=60, prompt_tags=["x"], policy_version_ids=[],
+            session=s, project=default_project(session=s), actor=Actor.signed_in(me), overlap=2, lease_seconds=60,
+            prompt_tags=["x"], policy_version_ids=[],
             refill_below=1, refill_prompts=2),
         "list_users": lambda s, me: list_users(session=s, actor=Actor.signed_in(me)),
         "add_user": lambda s, me: add_user(session=s, actor=Actor.signed_in(me), username="newbie", role="annotator"),

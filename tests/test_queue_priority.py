@@ -6,6 +6,7 @@ from db.engine import session_scope
 from db.models import Constitution, Item, Job, Judgment, PolicyVersion, Prompt, Response, User
 from feedback.actors import CLI
 from feedback.policies import ensure_base_policy, promote
+from feedback.projects import default_project
 from feedback.prompts import canonical_messages, content_hash
 from feedback.queue import claim_next
 
@@ -19,7 +20,8 @@ def _pair(s, version, text):
     b = Response(prompt_id=prompt.id, policy_version_id=version.id, text=f"{text} b", params={})
     s.add_all([a, b])
     s.flush()
-    item = Item(kind="pair", prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id)
+    item = Item(kind="pair", project_id=default_project(session=s).id, prompt_id=prompt.id,
+                response_a_id=a.id, response_b_id=b.id)
     s.add(item)
     s.flush()
     return item.id

@@ -21,6 +21,7 @@ from feedback.actors import CLI
 from feedback.deploy import deploy
 from feedback.errors import UserError
 from feedback.policies import ensure_base_policy, promote
+from feedback.projects import default_project
 from feedback.prompts import canonical_messages, content_hash
 from judges.constitutions import ensure_shipped
 from training.rounds import RoundConfig, start_round
@@ -52,7 +53,8 @@ def labelled(engine, tiny_model_dir, monkeypatch, tmp_path):
             bad = Response(prompt_id=prompt.id, policy_version_id=v0.id, text="I do not know, sorry.", params={})
             s.add_all([good, bad])
             s.flush()
-            item = Item(kind="pair", prompt_id=prompt.id, response_a_id=good.id, response_b_id=bad.id)
+            item = Item(kind="pair", project_id=default_project(session=s).id,
+                        prompt_id=prompt.id, response_a_id=good.id, response_b_id=bad.id)
             s.add(item)
             s.flush()
             s.add(Label(item_id=item.id, kind="pairwise", choice="a", source="human", user_id=user.id,

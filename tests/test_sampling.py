@@ -5,13 +5,14 @@ import pytest
 from sqlalchemy import func, select
 
 from db.engine import session_scope
-from db.models import Item, Job, PolicyVersion, Prompt, Response
+from db.models import Item, ItemResponse, Job, PolicyVersion, Prompt, Response
 from feedback import jobs
 from feedback.actors import CLI
 from feedback.errors import UserError
 from feedback.policies import ensure_base_policy
 from feedback.policy import SamplingParams
 from feedback.policy.local import LocalPolicyClient
+from feedback.projects import create_project, default_project
 from feedback.prompts import canonical_messages, content_hash
 from feedback.sampling import SamplingConfig, make_pairs, run_sampling
 
@@ -88,9 +89,9 @@ def tiny_policy(engine, tiny_model_dir):
 
 
 def test_run_sampling_stores_responses_and_pairs(engine, tiny_policy):
-    config = SamplingConfig(limit=10, n_per_prompt=2, max_new_tokens=8, seed=1, temperature=1.2, items="both")
+    config = SamplingConfig(limit=10, n_per_prompt=2, max_new_tokens=8, seed=1, temperature=1.2)
     result = run_sampling(engine=engine, config=config)
-    assert result["prompts"] == 4  # train prompts only
+    assert result["prompts"] == 4 and result["project"] == "default"  # train prompts only
     with session_scope(engine, read_only=True) as s:
         responses = s.scalars(select(Response)).all()
         assert len(responses) == 8
@@ -99,12 +100,35 @@ def test_run_sampling_stores_responses_and_pairs(engine, tiny_policy):
         assert r.params["backend"].startswith("local:")
         assert r.seed is not None and r.completion_tokens and r.finish_reason
         pairs = s.scalars(select(Item).where(Item.kind == "pair")).all()
-        singles = s.scalar(select(func.count()).select_from(Item).where(Item.kind == "single"))
-        assert singles == 8
-        assert len(pairs) == result["pairs"] == 4 - result["prompts_without_pair"]
+        assert len(pairs) == result["items"] == 4 - result["prompts_without_item"]
+        assert {item.project_id for item in pairs} == {default_project(session=s).id}
         for item in pairs:
             assert item.response_a.text.strip() != item.response_b.text.strip()
             assert item.response_a.prompt_id == item.response_b.prompt_id == item.prompt_id
+
+
+def test_each_task_type_samples_its_own_items(engine, tiny_policy):
+    with session_scope(engine) as s:
+        for name, task in (("thumbs", "binary"), ("fix", "edit")):
+            create_project(session=s, actor=CLI, name=name, task_type=task)
+        create_project(session=s, actor=CLI, name="ranked", task_type="rank", k=3)
+    for name in ("thumbs", "fix"):  # one item per response
+        result = run_sampling(engine=engine, config=SamplingConfig(project=name, limit=2, max_new_tokens=6, seed=3))
+        assert (result["responses"], result["items"]) == (4, 4)
+    # K samples per prompt, whatever n_per_prompt says; one item holding the distinct ones.
+    result = run_sampling(engine=engine, config=SamplingConfig(project="ranked", limit=4, n_per_prompt=2,
+                                                               max_new_tokens=8, seed=4, temperature=1.5))
+    assert result["responses"] == 12 and result["items"] == 4 - result["prompts_without_item"]
+    with session_scope(engine, read_only=True) as s:
+        kinds = dict(s.execute(select(Item.kind, func.count()).group_by(Item.kind)).all())
+        assert kinds["single"] == 4 and kinds["edit"] == 4 and kinds["rank"] == result["items"]
+        for item in s.scalars(select(Item).where(Item.kind == "rank")):
+            members = s.scalars(select(ItemResponse).where(ItemResponse.item_id == item.id)
+                                .order_by(ItemResponse.position)).all()
+            assert [m.position for m in members] == list(range(len(members))) and 2 <= len(members) <= 3
+            assert members[0].response_id == item.response_a_id and item.response_b_id is None
+            texts = [s.get(Response, m.response_id).text.strip() for m in members]
+            assert len(set(texts)) == len(texts)  # duplicates dropped
 
 
 def test_sampling_spreads_over_least_sampled_prompts_and_tags(engine, tiny_policy):
@@ -133,8 +157,10 @@ def test_versus_mode_pairs_two_versions(engine, tiny_policy, tiny_model_dir):
 def test_bad_sampling_configs_are_user_errors(engine, tiny_policy):
     with pytest.raises(UserError):
         SamplingConfig(limit=0)
-    with pytest.raises(UserError):
-        SamplingConfig(limit=1, n_per_prompt=1)  # a pair needs two samples
+    with pytest.raises(UserError, match="Pairs need at least 2"):
+        run_sampling(engine=engine, config=SamplingConfig(limit=1, n_per_prompt=1))
+    with pytest.raises(UserError, match="No project called 'nope'"):
+        run_sampling(engine=engine, config=SamplingConfig(limit=1, project="nope"))
     with pytest.raises(UserError):
         SamplingConfig(limit=1, temperature=-1)
     with pytest.raises(UserError, match="No policy version"):

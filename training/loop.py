@@ -25,6 +25,7 @@ from feedback.config_fields import cfg_field
 from feedback.errors import UserError
 from feedback.policies import active_policy
 from feedback.policy import SamplingParams, client_for
+from feedback.projects import default_project
 from feedback.release import release_policy
 from feedback.sampling import store_responses
 from feedback.tags import has_any_tag
@@ -165,7 +166,8 @@ def _collect(engine: Engine, config: LoopConfig, scorer: _Scorer, version: Polic
             if picked is None:
                 continue
             best, worst, evidence = picked
-            item = Item(kind="pair", prompt_id=prompt.id, response_a_id=responses[best].id,
+            item = Item(kind="pair", project_id=default_project(session=s).id, prompt_id=prompt.id,
+                        response_a_id=responses[best].id,
                         response_b_id=responses[worst].id, job_id=job_id)
             s.add(item)
             s.flush()

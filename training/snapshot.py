@@ -7,17 +7,16 @@ over the same labels gives the same hash, and the existing snapshot is reused.
 Only labels on train prompts go in: a val prompt's labels never reach training, whatever the
 filter says, because the evaluation gate judges on the val split.
 
-Disagreements among several labels on one item are resolved by the snapshot's rule:
-- "majority": the majority verdict (ties between verdicts drop the item);
-- "drop": only unanimous items;
-- "soft": each vote trains in its own direction, so an item's vote fractions carry into training
-  (feedback/export.py: a 3-to-1 pair gives three rows towards the majority and one against).
+A snapshot can be limited to one project. How its labels become rows is part of the snapshot
+(its RowSettings fields, feedback/rows.py): the resolution rule for several labels on one item
+("majority", "drop", "soft"), which pairs a ranking gives, the rating margin and KTO thresholds.
+Every row names the conversion that made it in its `rule` column.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -25,35 +24,52 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import LABEL_SOURCES, Item, Label, PolicyVersion, Prompt, Response, Snapshot, SnapshotLabel
+from db.models import LABEL_SOURCES, Item, Label, PolicyVersion, Project, Prompt, Response, Snapshot, SnapshotLabel
 from feedback.actors import Actor
+from feedback.config_fields import cfg_field
 from feedback.errors import UserError
-from feedback.export import kto_rows, preference_rows
+from feedback.export import rows_for
+from feedback.rows import RowSettings, Scope
 
 Rule = Literal["majority", "drop", "soft"]
 
 
 @dataclass
 class SnapshotFilter:
-    sources: list[str] = field(default_factory=lambda: list(LABEL_SOURCES))  # human / judge / grader
-    policy_versions: list[str] = field(default_factory=list)  # responses from these versions (empty: any)
-    since: str | None = None  # ISO date/time: labels created at or after
-    until: str | None = None  # ISO date/time: labels created before
-    rule: Rule = "majority"
-    kto_threshold: float = 0.5  # kto: a grader score at least this makes a single response desirable
-    kto_from_pairs: bool = False  # kto: also unpair resolved pairwise labels (chosen desirable, rejected not)
+    """Which labels a round trains on, and how they become rows (feedback/rows.py)."""
+
+    sources: list[str] = cfg_field(list(LABEL_SOURCES), "Label sources to train on: human, judge, grader.",
+                                   flag="--sources")
+    policy_versions: list[str] = cfg_field([], "Only labels on responses of these policy versions (empty: any).")
+    since: str | None = cfg_field(None, "Only labels created at or after this ISO date/time.")
+    until: str | None = cfg_field(None, "Only labels created before this ISO date/time.")
+    project: str | None = cfg_field(None, "Only this project's labels (None: every project).")
+    rule: Rule = cfg_field("majority", "Several labels on one item: majority, drop (unanimous only) or soft "
+                           "(every vote a row).")
+    rank_pairs: str | None = cfg_field(None, "Pairs from a ranking: all_pairs, best_vs_rest or best_vs_worst "
+                                       "(None: all_pairs for reward, best_vs_worst for DPO).")
+    rating_min_margin: float = cfg_field(1.0, "Ratings: pairs need mean aspect scores at least this far apart.")
+    rating_kto_threshold: float = cfg_field(4.0, "Ratings: desirable for KTO at this mean aspect score or more.")
+    kto_threshold: float = cfg_field(0.5, "Grader scores: a single response is desirable for KTO at this score "
+                                     "or more.")
+    kto_from_pairs: bool = cfg_field(False, "KTO: also unpair resolved pairwise labels (chosen desirable, "
+                                     "rejected not).")
 
     def __post_init__(self) -> None:
         if not self.sources or set(self.sources) - set(LABEL_SOURCES):
             raise UserError(f"sources must be some of {', '.join(LABEL_SOURCES)}.")
-        if self.rule not in ("majority", "drop", "soft"):
-            raise UserError("rule is majority, drop or soft.")
+        self.row_settings()  # validates the conversion settings
         for value in (self.since, self.until):
             if value:
                 try:
                     datetime.fromisoformat(value)
                 except ValueError:
                     raise UserError(f"{value!r} is not an ISO date (YYYY-MM-DD).") from None
+
+    def row_settings(self) -> RowSettings:
+        return RowSettings(rule=self.rule, rank_pairs=self.rank_pairs, rating_min_margin=self.rating_min_margin,
+                           rating_kto_threshold=self.rating_kto_threshold, kto_threshold=self.kto_threshold,
+                           kto_from_pairs=self.kto_from_pairs)
 
 
 def _matching_label_ids(session: Session, f: SnapshotFilter) -> list[int]:
@@ -63,6 +79,11 @@ def _matching_label_ids(session: Session, f: SnapshotFilter) -> list[int]:
         query = query.where(Label.created_at >= _aware(f.since))
     if f.until:
         query = query.where(Label.created_at < _aware(f.until))
+    if f.project:
+        project_id = session.scalar(select(Project.id).where(Project.name == f.project))
+        if project_id is None:
+            raise UserError(f"No project called {f.project!r}.")
+        query = query.where(Label.item_id.in_(select(Item.id).where(Item.project_id == project_id)))
     if f.policy_versions:
         versions = select(PolicyVersion.id).where(PolicyVersion.name.in_(f.policy_versions))
         responses = select(Response.id).where(Response.policy_version_id.in_(versions))
@@ -101,25 +122,15 @@ def create_snapshot(*, session: Session, filters: SnapshotFilter, actor: Actor) 
     return snapshot
 
 
-def _row_rule(snapshot: Snapshot) -> str:
-    return snapshot.filters.get("rule", "majority")
-
-
 def rows_for_stage(*, session: Session, snapshot: Snapshot, stage: str) -> list[dict[str, Any]]:
     """The snapshot as the rows a stage trains on (TRL's column names, conversational)."""
-    sources, rule = snapshot.filters.get("sources", list(LABEL_SOURCES)), _row_rule(snapshot)
-    if stage in ("dpo", "reward"):
-        return preference_rows(session=session, sources=sources, with_margin=stage == "reward",
-                               snapshot_id=snapshot.id, rule=rule)
-    if stage == "kto":
-        return kto_rows(session=session, sources=sources, snapshot_id=snapshot.id, rule=rule,
-                        kto_threshold=snapshot.filters.get("kto_threshold", 0.5),
-                        kto_from_pairs=snapshot.filters.get("kto_from_pairs", False))
-    if stage == "sft":  # warm-up on the chosen responses: the winners only, also under "soft"
-        winners = preference_rows(session=session, sources=sources, snapshot_id=snapshot.id,
-                                  rule="majority" if rule == "soft" else rule)
-        return [{"prompt": r["prompt"], "completion": r["chosen"]} for r in winners]
-    raise UserError(f"Stage {stage!r} does not train on a label snapshot.")
+    if stage not in ("dpo", "reward", "kto", "sft"):
+        raise UserError(f"Stage {stage!r} does not train on a label snapshot.")
+    known = {f for f in SnapshotFilter.__dataclass_fields__}
+    # Snapshots made before a setting existed get its default.
+    filters = SnapshotFilter(**{k: v for k, v in snapshot.filters.items() if k in known})
+    return rows_for(session=session, fmt=stage, settings=filters.row_settings(),
+                    scope=Scope(sources=tuple(filters.sources), snapshot_id=snapshot.id))
 
 
 def reference_rows(*, session: Session, split: str = "train", limit: int | None = None) -> list[dict[str, Any]]:
