@@ -136,10 +136,14 @@ def cmd_prompts_import(args) -> None:
 def cmd_sample(args) -> None:
     from dataclasses import asdict
 
+    from db.engine import session_scope
     from feedback.config_fields import flag_values
+    from feedback.projects import get_project
     from feedback.sampling import SamplingConfig
 
     config = SamplingConfig(**flag_values(args, SamplingConfig))
+    with session_scope(get_engine(), read_only=True) as session:  # a wrong project: no job at all
+        config.check_for(get_project(session=session, name=config.project))
     job = run_job_inline("sample", asdict(config), args.detach, "prompt")
     if job is None:
         return

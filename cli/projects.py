@@ -23,13 +23,17 @@ def cmd_add(args) -> None:
     from feedback.projects import create_project
 
     guidelines = _read(args.guidelines) if args.guidelines else None
+    if guidelines is not None and not guidelines.strip():
+        # create_project skips empty guidelines: the project would quietly be made without them.
+        raise UserError(f"{args.guidelines}: the guidelines file is empty.")
     aspects = [a for a in args.aspects.split(",")] if args.aspects else None
     with session_scope(get_engine()) as session:
         project = create_project(session=session, actor=CLI, name=args.name, task_type=args.task, k=args.k,
                                  aspects=aspects, guidelines=guidelines, description=args.description or "",
                                  open_to_all=args.open)
         shape = f"K={project.k}" + (f", aspects {', '.join(project.aspects)}" if project.aspects else "")
-    print(f"created {args.task} project {args.name!r} ({shape}{', guidelines v1' if guidelines else ''})")
+        name = project.name  # as stored: stripped of surrounding white space
+    print(f"created {args.task} project {name!r} ({shape}{', guidelines v1' if guidelines else ''})")
 
 
 def cmd_list(args) -> None:

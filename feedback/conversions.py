@@ -24,7 +24,8 @@ Edits (a person's rewrite of one response)
                         submission ("nothing to fix") gives an SFT row of the original, no pair.
 
 When several annotators labelled an item, their pair directions are pooled per pair of positions
-and resolved by the snapshot rule, as for pairwise labels (`resolve_votes`).
+and resolved by the snapshot rule, as for pairwise labels (`resolve_votes`); a pair one label
+left level (equal ranks, ratings closer than the margin) counts as a tie vote there.
 """
 from __future__ import annotations
 
@@ -88,17 +89,23 @@ def meets(score: float, threshold: float) -> bool:
     return score >= threshold - _ROUNDING
 
 
-def resolve_votes(votes: Iterable[Pair], rule: str) -> list[Pair]:
-    """One item's pooled pair directions (from all its labels) resolved by the snapshot rule:
-    - majority: each pair of positions once, in its majority direction (an even split drops it);
-    - drop: only pairs every vote agrees on;
-    - soft: every vote as it is (disagreement stays in the data as opposite rows)."""
+def resolve_votes(votes: Iterable[Pair], rule: str, ties: Iterable[Pair] = ()) -> list[Pair]:
+    """One item's pooled pair directions (from all its labels) resolved by the snapshot rule,
+    as pairwise labels are; `ties` are the pairs a label left level (equal ranks, ratings closer
+    than the margin), which count like a pairwise "tie" vote:
+    - majority: each pair of positions once, in its strict majority direction (an even split, or
+      as many ties as votes for the leading direction, drops it);
+    - drop: only pairs every label agrees on (a tie is a disagreement);
+    - soft: every vote as it is (disagreement stays in the data as opposite rows; ties add none)."""
     votes = list(votes)
     if rule == "soft":
         return votes
-    counts: dict[frozenset[int], dict[Pair, int]] = defaultdict(lambda: defaultdict(int))
+    counts: dict[frozenset[int], dict[Pair | None, int]] = defaultdict(lambda: defaultdict(int))
     for vote in votes:
         counts[frozenset(vote)][vote] += 1
+    for tie in ties:
+        if frozenset(tie) in counts:  # a level pair only matters where someone chose a side
+            counts[frozenset(tie)][None] += 1
     out = []
     for directions in counts.values():
         ranked = sorted(directions.items(), key=lambda kv: -kv[1])
@@ -106,8 +113,22 @@ def resolve_votes(votes: Iterable[Pair], rule: str) -> list[Pair]:
             continue
         if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
             continue
-        out.append(ranked[0][0])
+        if ranked[0][0] is not None:
+            out.append(ranked[0][0])
     return sorted(out)
+
+
+def rank_ties(ranking: Sequence[int]) -> list[Pair]:
+    """Pairs of positions a ranking puts level."""
+    n = len(ranking)
+    return [(i, j) for i in range(n) for j in range(i + 1, n) if ranking[i] == ranking[j]]
+
+
+def rating_ties(ratings: Sequence[dict[str, Any]], aspects: Sequence[str], min_margin: float) -> list[Pair]:
+    """Pairs of positions whose scores are closer than the margin (no preference either way)."""
+    scores = rating_scores(ratings, aspects)
+    n = len(scores)
+    return [(i, j) for i in range(n) for j in range(i + 1, n) if not meets(abs(scores[i] - scores[j]), min_margin)]
 
 
 def edit_distance(original: str, edited: str) -> int:

@@ -62,8 +62,10 @@ def create_project(*, session: Session, actor: Actor, name: str, task_type: str,
     k = task.k_default if k is None else int(k)
     if not task.k_range[0] <= k <= task.k_range[1]:
         low, high = task.k_range
-        raise UserError(f"A {task_type} project shows {low} response{'s' * (low > 1)} per item"
-                        + (f"; choose K from {low} to {high}." if high > low else f", not {k}."))
+        article = "An" if task_type[0] in "aeiou" else "A"
+        raise UserError(f"{article} {task_type} project shows " + (
+            f"{low} to {high} responses per item; choose K in that range, not {k}." if high > low
+            else f"{low} response{'s' * (low > 1)} per item, not {k}."))
     if task_type == "rating":
         aspects = [a.strip() for a in (aspects or DEFAULT_ASPECTS) if a.strip()]
         if not aspects or len(set(aspects)) != len(aspects) or not all(_ASPECT.match(a) for a in aspects):

@@ -20,6 +20,9 @@ _REFERENCE_DEF = re.compile(r"^( {0,3})\[([^\]\n]+)\]:", re.M)
 # that run or embed things.
 _SCHEME = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]{1,20}):(?=//)|\b(javascript|vbscript|data|mailto|file):", re.I)
 _WWW = re.compile(r"\bwww\.", re.I)
+# A line that is only a number and a full stop ("84.") is an empty ordered-list item in markdown:
+# the answer would show as a bare bullet. Escaped, it reads as written.
+_BARE_NUMBER = re.compile(r"^( {0,3})(\d{1,9})([.)])[ \t]*$", re.M)
 
 
 def _defang(text: str) -> str:
@@ -34,6 +37,7 @@ def inert_markdown(text: str) -> str:
         shown = words.replace("[", r"\[").replace("]", r"\]")
         return f"{shown} [{kind}: {_defang(url)}]" if url else shown
 
+    text = _BARE_NUMBER.sub(lambda m: f"{m.group(1)}{m.group(2)}\\{m.group(3)}", text)
     text = _INLINE.sub(inline, text)
     text = _REFERENCE_DEF.sub(lambda m: f"{m.group(1)}\\[{m.group(2)}\\]:", text)
     # Any scheme, www. or address left (bare autolinks, <http://...>) stops being a link. Raw

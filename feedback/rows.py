@@ -195,7 +195,8 @@ def _rank_preferences(session: Session, scope: Scope, settings: RowSettings, pur
     out = []
     for item_id, (messages, texts) in _positions(session, by_item).items():
         votes = [pair for label in by_item[item_id] for pair in conversions.rank_pairs(label.ranking, how)]
-        for winner, loser in conversions.resolve_votes(votes, settings.rule):
+        ties = [pair for label in by_item[item_id] for pair in conversions.rank_ties(label.ranking)]
+        for winner, loser in conversions.resolve_votes(votes, settings.rule, ties):
             out.append(_row(messages, texts[winner], texts[loser], f"rank:{how}", 0.0 if with_margin else None))
     return out
 
@@ -206,12 +207,14 @@ def _rating_preferences(session: Session, scope: Scope, settings: RowSettings, w
     out = []
     for item_id, (messages, texts) in _positions(session, by_item).items():
         margins: dict[tuple[int, int], list[float]] = defaultdict(list)
+        ties = []
         for label in by_item[item_id]:
             for winner, loser, margin in conversions.rating_pairs(label.ratings, aspects[item_id],
                                                                   settings.rating_min_margin):
                 margins[(winner, loser)].append(margin)
+            ties += conversions.rating_ties(label.ratings, aspects[item_id], settings.rating_min_margin)
         votes = [pair for pair, ms in margins.items() for _ in ms]
-        for winner, loser in conversions.resolve_votes(votes, settings.rule):
+        for winner, loser in conversions.resolve_votes(votes, settings.rule, ties):
             margin = fmean(margins[(winner, loser)]) if with_margin else None
             out.append(_row(messages, texts[winner], texts[loser], "rating:mean_margin", margin))
     return out

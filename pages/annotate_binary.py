@@ -9,13 +9,17 @@ from pages.common import (
     get_engine,
     poll_while_waiting,
     require_page_role,
+    selected_project,
     show_chat,
+    show_guidelines,
     show_response,
     skip_item,
     submission_id_for,
+    take_error,
 )
 
 user = require_page_role(*queue.ANNOTATING_ROLES)
+project = selected_project("binary")  # the one picked in the sidebar
 engine = get_engine()
 st.title("Rate a response")
 st.caption("Is this a good answer to the prompt? Thumbs up or down; S = skip")
@@ -34,14 +38,14 @@ def submit(assignment_id: int, submission_id: str) -> None:
         st.session_state["annotate-error"] = str(exc)
 
 
-@st.fragment(run_every=poll_while_waiting("single"))
+@st.fragment(run_every=poll_while_waiting(project))
 def rate() -> None:
-    if error := st.session_state.pop("annotate-error", None):
-        st.warning(error)
-    claim = claim_or_wait(engine=engine, user=user, kind="single", noun="responses")
+    take_error()
+    claim = claim_or_wait(engine=engine, user=user, project=project, noun="responses")
     if claim is None:
         return
     submission_id = submission_id_for(claim.assignment_id)
+    show_guidelines(engine, project, claim.guidelines_id)
     show_chat(claim.messages)
     show_response("Response", claim.left)
     # Write the critique first: choosing a thumb records the label at once.

@@ -10,13 +10,17 @@ from pages.common import (
     get_engine,
     poll_while_waiting,
     require_page_role,
+    selected_project,
     show_chat,
+    show_guidelines,
     show_response,
     skip_item,
     submission_id_for,
+    take_error,
 )
 
 user = require_page_role(*queue.ANNOTATING_ROLES)
+project = selected_project("pairwise")  # the one picked in the sidebar
 engine = get_engine()
 st.title("Compare responses")
 st.caption("Keys: 1 = A is better · 2 = B is better · 3 = tie · 4 = both bad · S = skip")
@@ -36,14 +40,14 @@ def submit(assignment_id: int, submission_id: str, preferred: str) -> None:
         st.session_state["annotate-error"] = str(exc)
 
 
-@st.fragment(run_every=poll_while_waiting("pair"))
+@st.fragment(run_every=poll_while_waiting(project))
 def vote() -> None:
-    if error := st.session_state.pop("annotate-error", None):
-        st.warning(error)
-    claim = claim_or_wait(engine=engine, user=user, kind="pair", noun="pairs")
+    take_error()
+    claim = claim_or_wait(engine=engine, user=user, project=project, noun="pairs")
     if claim is None:
         return
     submission_id = submission_id_for(claim.assignment_id)
+    show_guidelines(engine, project, claim.guidelines_id)
     show_chat(claim.messages)
     left, right = st.columns(2)
     with left:

@@ -1,4 +1,4 @@
-"""What every page needs: the shared engine, the signed-in user, role checks."""
+"""What every page needs: the shared engine, the signed-in user, role checks, the picked project."""
 from __future__ import annotations
 
 import uuid
@@ -7,8 +7,9 @@ import streamlit as st
 from sqlalchemy import Engine
 
 from db.engine import engine_for, session_scope
-from db.models import Job, User
+from db.models import Guidelines, Job, Project, User
 from feedback.actors import Actor
+from feedback.errors import UserError
 from feedback.render import inert_markdown
 from feedback.settings import get_settings
 
@@ -55,10 +56,13 @@ def show_chat(messages: list[dict[str, str]]) -> None:
             st.markdown(inert_markdown(message["content"]))
 
 
-def show_response(title: str, text: str) -> None:
-    with st.container(border=True):
-        st.markdown(f"**{title}**")
-        st.markdown(inert_markdown(text) if text.strip() else "_(empty response)_")
+def show_response(title: str, text: str):
+    """A bordered box with the (untrusted, inert) response; returned so a page can add its
+    pickers to the same box."""
+    box = st.container(border=True)
+    box.markdown(f"**{title}**")
+    box.markdown(inert_markdown(text) if text.strip() else "_(empty response)_")
+    return box
 
 
 def pool_note(*, open_for_me: int, refilling: bool) -> None:
@@ -70,22 +74,27 @@ def pool_note(*, open_for_me: int, refilling: bool) -> None:
         st.info("Nothing left for you to label. Thank you! An admin can sample more on the Data page.")
 
 
-def claim_or_wait(*, engine: Engine, user: User, kind: str, noun: str):
-    """The annotator's current item of `kind` (with progress shown above it), or None after
-    showing why there is none. Starts a refill when the pool runs low."""
+def claim_or_wait(*, engine: Engine, user: User, project: Project, noun: str):
+    """The annotator's current item in `project` (with progress shown above it), or None after
+    showing why there is none. Starts a refill of this project when its pool runs low."""
     from feedback import queue
     from feedback.refill import maybe_refill, refill_running
 
-    waiting_key = f"waiting-{kind}"
-    with session_scope(engine) as s:
-        me = s.merge(user)
-        claim = queue.claim_next(session=s, user=me, kind=kind)
-        progress = queue.progress(session=s, user=me, kind=kind)
-        refilling = refill_running(session=s)
+    waiting_key = f"waiting-{project.id}"
+    try:
+        with session_scope(engine) as s:
+            me = s.merge(user)
+            claim = queue.claim_next(session=s, user=me, project=project.id)
+            progress = queue.progress(session=s, user=me, project=project.id)
+            refilling = refill_running(session=s, project=project)
+    except UserError as exc:  # not (or no longer) a member of this project
+        st.error(str(exc))
+        return None
     if claim is None or progress.open_for_me < 5:
-        refilling = bool(maybe_refill(engine=engine, database_url=get_settings().database_url)) or refilling
+        refilling = bool(maybe_refill(engine=engine, database_url=get_settings().database_url,
+                                      project_id=project.id)) or refilling
     st.caption(f"You: {progress.today} today, {progress.total} in all · "
-               f"{progress.open_for_me + (claim is not None)} {noun} left for you")
+               f"{progress.open_for_me + (claim is not None)} {noun} left for you in {project.name}")
     # Poll (the fragment's run_every) only while waiting for new items; switching polling on or
     # off needs a full rerun, since run_every is read when the page script runs.
     if (claim is None) != st.session_state.get(waiting_key, False):
@@ -97,8 +106,75 @@ def claim_or_wait(*, engine: Engine, user: User, kind: str, noun: str):
     return claim
 
 
-def poll_while_waiting(kind: str) -> str | None:
-    return "10s" if st.session_state.get(f"waiting-{kind}") else None
+def poll_while_waiting(project: Project) -> str | None:
+    return "10s" if st.session_state.get(f"waiting-{project.id}") else None
+
+
+# --- projects: the sidebar picker (app.py) and what the annotate pages read from it
+
+PROJECT_KEY = "project_id"  # the picked project's id, in st.session_state
+
+
+def _keep_pick() -> None:
+    # A widget's own state goes when a run does not draw it; the pick must outlive such a run.
+    st.session_state[PROJECT_KEY] = st.session_state["project-picker"]
+
+
+def project_picker(user: User) -> Project | None:
+    """The sidebar's "Project" selectbox over the projects this user may label in; the pick
+    stays in st.session_state across pages. None when the user is in no project."""
+    from feedback.projects import visible_projects
+
+    with session_scope(get_engine(), read_only=True) as s:
+        projects = {p.id: p for p in visible_projects(session=s, user=user)}
+    if not projects:
+        st.session_state.pop(PROJECT_KEY, None)
+        return None
+    # A project the user lost (removed as a member) gives way to the first one they have.
+    if st.session_state.get(PROJECT_KEY) not in projects:
+        st.session_state[PROJECT_KEY] = next(iter(projects))
+    st.session_state["project-picker"] = st.session_state[PROJECT_KEY]
+    st.sidebar.selectbox("Project", list(projects), key="project-picker", on_change=_keep_pick,
+                         format_func=lambda pid: f"{projects[pid].name} · {projects[pid].task_type}")
+    return projects[st.session_state[PROJECT_KEY]]
+
+
+def selected_project(task_type: str) -> Project:
+    """The project picked in the sidebar; stops the page unless it is a `task_type` project
+    (app.py sends people to the right page; this covers a stale tab)."""
+    project_id = st.session_state.get(PROJECT_KEY)
+    with session_scope(get_engine(), read_only=True) as s:
+        project = s.get(Project, project_id) if project_id is not None else None
+    if project is None or project.task_type != task_type:
+        st.info(f"Pick a {task_type} project in the sidebar to label here.")
+        st.stop()
+    return project
+
+
+def show_guidelines(engine: Engine, project: Project, guidelines_id: int | None) -> None:
+    """The guidelines this item was handed out under (the version its label records), inert:
+    admins write them, but a pasted link or image must not fetch or lead anywhere."""
+    from feedback.projects import current_guidelines
+
+    with session_scope(engine, read_only=True) as s:
+        guidelines = (s.get(Guidelines, guidelines_id) if guidelines_id is not None
+                      else current_guidelines(session=s, project_id=project.id))
+    if guidelines is None:
+        st.caption("This project has no written guidelines yet.")
+        return
+    with st.expander(f"Guidelines · version {guidelines.version}"):
+        st.markdown(inert_markdown(guidelines.text))
+
+
+def humanise(name: str) -> str:
+    """instruction_following -> Instruction following"""
+    return name.replace("_", " ").capitalize()
+
+
+def take_error(key: str = "annotate-error") -> None:
+    """Show (once) the message a submit callback left for this rerun."""
+    if error := st.session_state.pop(key, None):
+        st.warning(error)
 
 
 def submission_id_for(assignment_id: int) -> str:

@@ -9,7 +9,9 @@ from feedback import jobs
 from feedback.actors import Actor
 from feedback.errors import UserError
 from feedback.policies import gate_decision, list_policies
+from feedback.projects import visible_projects
 from feedback.release import release_policy
+from feedback.rows import RowSettings
 from feedback.settings import get_settings
 from pages.common import config_form, get_engine, job_progress_rows, require_page_role
 from training.evaluate import GateConfig
@@ -24,6 +26,7 @@ st.title("Training")
 with session_scope(engine, read_only=True) as s:
     versions = list_policies(session=s)
     reward_jobs = reward_model_jobs(session=s)
+    project_names = [p.name for p in visible_projects(session=s, user=me)]  # an admin's: all
 names = [v.name for v in versions]
 name_of = {v.id: v.name for v in versions}
 active = next((v.name for v in versions if v.status == "active"), None)
@@ -43,12 +46,16 @@ with tab_start:
         grader = c3.text_input("Grader (grpo / rloo / ppo rewards)", "numeric")
         c1, c2, c3 = st.columns(3)
         sources = c1.multiselect("Label sources", ["human", "judge", "grader"], default=["human", "judge", "grader"])
-        rule = c2.selectbox("Disagreements", ["majority", "drop", "soft"],
-                            help="majority vote; drop items with any disagreement; or soft (each vote trains in "
-                                 "its own direction, so an item's vote fractions carry into training)")
+        project = c2.selectbox("Labels of project", [None, *project_names], format_func=lambda n: n or "every project")
         from_versions = c3.multiselect("Responses from versions (empty: all)", names)
         reward_job = st.selectbox("PPO: also reward with the reward model of job", [None, *reward_jobs])
         evaluate_gate = st.checkbox("Run the evaluation gate afterwards", value=True)
+        with st.expander("Label conversions: disagreements, rankings, ratings (recorded with the snapshot)"):
+            try:
+                row_settings = config_form(RowSettings, key="rows")
+            except ValueError as exc:
+                row_settings = None
+                st.error(f"Not a valid value: {exc}")
         with st.expander("Gate settings (a candidate is promoted without an override only if its gate passes)"):
             try:
                 gate_config = config_form(GateConfig, key="gate")
@@ -62,10 +69,11 @@ with tab_start:
                 stage_config = None
                 st.error(f"Not a valid value: {exc}")
         submitted = st.form_submit_button("Start round", type="primary")
-    if submitted and stage_config is not None and gate_config is not None:
+    if submitted and stage_config is not None and gate_config is not None and row_settings is not None:
         try:
+            snapshot = {"sources": sources, "policy_versions": from_versions, "project": project, **row_settings}
             config = RoundConfig(stage=stage, stage_config=stage_config, parent=parent, reference=reference,
-                                 snapshot={"sources": sources, "rule": rule, "policy_versions": from_versions},
+                                 snapshot=snapshot,
                                  grader=grader, reward_job=reward_job, evaluate=evaluate_gate, gate=gate_config)
             with session_scope(engine) as s:
                 job = start_round(session=s, config=config, actor=Actor.signed_in(me))

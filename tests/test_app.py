@@ -12,6 +12,7 @@ from feedback.actors import CLI
 from feedback.policies import ensure_base_policy
 from feedback.settings import PROJECT_ROOT
 from feedback.users import create_user
+from testkit.factories import set_queue
 
 APP = str(PROJECT_ROOT / "app.py")
 XSS = '<script>alert(1)</script><img src=x onerror="alert(2)">[click](javascript:alert(3))'
@@ -23,6 +24,8 @@ def app_db(use_db, engine):
         ensure_base_policy(session=s, actor=CLI)
         create_user(session=s, username="root", role="admin", password="admin-password", actor=CLI)
         create_user(session=s, username="ann", role="annotator", password="annotator-password", actor=CLI)
+        # Signing in lands on Compare, whose empty pool would start a refill (a sampling job).
+        set_queue(s, kind="pair", refill_below=0)
     return engine
 
 

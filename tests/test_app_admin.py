@@ -14,6 +14,7 @@ from feedback.policies import ensure_base_policy
 from feedback.settings import PROJECT_ROOT
 from feedback.users import create_user
 from judges.constitutions import ensure_shipped
+from testkit.factories import set_queue
 
 LAUNCHED: list[tuple[int, str]] = []
 
@@ -35,6 +36,8 @@ def admin_app(use_db, engine, monkeypatch, registered):
         ensure_base_policy(session=s, actor=CLI)
         ensure_shipped(session=s)
         create_user(session=s, username="root", role="admin", password="admin-password", actor=CLI)
+        # Signing in lands on Compare, whose empty pool would start a refill (a sampling job).
+        set_queue(s, kind="pair", refill_below=0)
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30).run()
     at.text_input[0].input("root")
     at.text_input[1].input("admin-password")
@@ -71,6 +74,7 @@ def test_judge_page_saves_a_constitution_version_and_starts_a_batch(admin_app, e
 def one_labelled_pair(engine) -> None:
     """One human-labelled pair, so a round's snapshot is not empty."""
     from db.models import Item, Label, Prompt, Response, User
+    from feedback.projects import default_project
     from feedback.prompts import canonical_messages, content_hash
 
     with session_scope(engine) as s:
@@ -83,7 +87,8 @@ def one_labelled_pair(engine) -> None:
         b = Response(prompt_id=prompt.id, policy_version_id=v0.id, text="bad", params={})
         s.add_all([a, b])
         s.flush()
-        item = Item(kind="pair", prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id)
+        item = Item(kind="pair", project_id=default_project(session=s).id, prompt_id=prompt.id,
+                    response_a_id=a.id, response_b_id=b.id)
         s.add(item)
         s.flush()
         annotator = s.scalar(select(User))
@@ -150,3 +155,21 @@ def test_training_page_defaults_are_each_stages_own(admin_app, engine):
     with session_scope(engine, read_only=True) as s:
         job = s.scalar(select(Job).where(Job.kind == "train", Job.status == "queued"))
     assert job.config["stage_config"] == {"learning_rate": 1e-4}
+
+
+def test_training_page_limits_the_snapshot_to_a_project_with_its_conversions(admin_app, engine):
+    from db.models import Snapshot
+
+    one_labelled_pair(engine)
+    at = admin_app.switch_page("pages/training.py").run()
+    # Form widgets: their values go with the submit.
+    next(s for s in at.selectbox if s.label == "Labels of project").select("default")
+    next(s for s in at.selectbox if s.label == "rule").select("drop")
+    next(t for t in at.text_input if t.label == "rank_pairs").input("best_vs_rest")
+    button(at, "Start round").click().run()
+    assert any("Round started as job" in m.value for m in at.success), [e.value for e in at.error]
+    with session_scope(engine, read_only=True) as s:
+        job = s.scalar(select(Job).where(Job.kind == "train"))
+        filters = s.get(Snapshot, job.config["snapshot_id"]).filters
+    assert (filters["project"], filters["rule"], filters["rank_pairs"]) == ("default", "drop", "best_vs_rest")
+    assert filters["rating_min_margin"] == 1.0  # untouched settings keep their defaults

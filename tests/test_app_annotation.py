@@ -1,5 +1,6 @@
 """AppTest on the real app: every page signed out and for each role, and the annotation pages'
-votes landing in the database as the right labels."""
+votes landing in the database as the right labels (the new task types and the project picker:
+tests/test_app_projects.py)."""
 from __future__ import annotations
 
 import pytest
@@ -7,23 +8,25 @@ from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
 from db.engine import session_scope
-from db.models import Assignment, Item, Label, Prompt, QueueSettings, Response, User
+from db.models import Assignment, Item, Label, Project, User
 from feedback.actors import CLI
 from feedback.policies import ensure_base_policy
-from feedback.prompts import canonical_messages, content_hash
+from feedback.projects import default_project
 from feedback.settings import PROJECT_ROOT
 from feedback.users import create_user
+from testkit.factories import make_items, set_queue
 
 APP = str(PROJECT_ROOT / "app.py")
 PASSWORDS = {"ann": "annotator-pw", "rev": "reviewer-pw", "root": "admin-password"}
-# page -> (its title, the roles that may open it)
+# page -> (its title, the roles that may open it). "Label" shows the page of the project picked
+# in the sidebar: the first one, `default` (pairwise); the binary page needs its project picked.
 PAGES = {
     "pages/annotate_pairwise.py": ("Compare responses", ("annotator", "reviewer", "admin")),
-    "pages/annotate_binary.py": ("Rate a response", ("annotator", "reviewer", "admin")),
+    "pages/annotate_binary.py": ("Rate a response", ()),
     "pages/home.py": ("Preference data", ("annotator", "reviewer", "admin")),
     "pages/labels.py": ("Recent labels", ("reviewer", "admin")),
     "pages/data.py": ("Data", ("admin",)),
-    "pages/queue.py": ("Queue", ("admin",)),
+    "pages/projects.py": ("Projects", ("admin",)),
     "pages/users.py": ("Users", ("admin",)),
     "pages/judge.py": ("AI judge", ("admin",)),
     "pages/training.py": ("Training", ("admin",)),
@@ -45,23 +48,13 @@ def opens(at: AppTest, page: str) -> bool:
 @pytest.fixture
 def app_db(use_db, engine):
     with session_scope(engine) as s:
-        v0 = ensure_base_policy(session=s, actor=CLI)
+        ensure_base_policy(session=s, actor=CLI)
         for name, role in (("ann", "annotator"), ("rev", "reviewer"), ("root", "admin")):
             create_user(session=s, username=name, role=role, password=PASSWORDS[name], actor=CLI)
+        make_items(s, pairs=3, singles=3)  # into the open projects `default` and `default-binary`
         # Refills would start a real sampling worker; these tests bring their own items.
-        s.add(QueueSettings(id=1, overlap=1, refill_below=0))
-        for i in range(3):
-            messages = canonical_messages(f"Question {i}?", None)
-            prompt = Prompt(text=f"Question {i}?", messages=messages, content_hash=content_hash(messages),
-                            split="train")
-            s.add(prompt)
-            s.flush()
-            a = Response(prompt_id=prompt.id, policy_version_id=v0.id, text=f"first answer {i}", params={})
-            b = Response(prompt_id=prompt.id, policy_version_id=v0.id, text=f"second answer {i}", params={})
-            s.add_all([a, b])
-            s.flush()
-            s.add(Item(kind="pair", prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id))
-            s.add(Item(kind="single", prompt_id=prompt.id, response_a_id=a.id))
+        for kind in ("pair", "single"):
+            set_queue(s, kind=kind, overlap=1, refill_below=0)
     return engine
 
 
@@ -90,7 +83,7 @@ def test_each_role_sees_exactly_its_pages(app_db, name, role):
 def test_pairwise_vote_records_the_shown_choice(app_db):
     at = as_user("ann").switch_page("pages/annotate_pairwise.py").run()
     texts = [m.value for m in at.markdown]
-    left_text = next(t for t in texts if "answer" in t)  # Response A, as shown on the left
+    left_text = next(t for t in texts if " :: " in t)  # Response A, as shown on the left
     at.text_area[0].input("clearer")
     at.button(key=next(b.key for b in at.button if b.label == "A is better")).click().run()
     assert not at.exception
@@ -116,7 +109,11 @@ def test_pairwise_skip_and_empty_pool(app_db):
 
 
 def test_binary_thumb_records_label_with_critique(app_db):
-    at = as_user("ann").switch_page("pages/annotate_binary.py").run()
+    with session_scope(app_db, read_only=True) as s:
+        binary = s.scalar(select(Project.id).where(Project.name == "default-binary"))
+    at = as_user("ann").switch_page("pages/annotate_pairwise.py").run()
+    at.selectbox(key="project-picker").set_value(binary).run()  # the sidebar's project picker
+    assert at.title[0].value == "Rate a response"  # picking a binary project moved to its page
     at.text_area[0].input("too short")
     at.feedback[0].set_value(0).run()  # 0 = thumbs down, 1 = thumbs up
     assert not at.exception
@@ -136,13 +133,15 @@ def test_admin_creates_user_and_changes_role(app_db):
 
 
 def test_admin_saves_queue_settings(app_db):
-    at = as_user("root").switch_page("pages/queue.py").run()
-    at.number_input[0].set_value(3)
-    at.text_input[0].input("math, demo")
+    at = as_user("root").switch_page("pages/projects.py").run()
+    assert at.selectbox(key="manage_project").value == "default"
+    next(n for n in at.number_input if n.label.startswith("Overlap")).set_value(3)
+    next(t for t in at.text_input if t.label.startswith("Only prompts")).input("math, demo")
     next(b for b in at.button if b.label == "Save").click().run()
     assert not at.exception
+    assert any("Saved the queue settings of default" in m.value for m in at.success)
     with session_scope(app_db, read_only=True) as s:
-        settings = s.get(QueueSettings, 1)
+        settings = default_project(session=s)
         assert (settings.overlap, settings.prompt_tags) == (3, ["demo", "math"])
 
 

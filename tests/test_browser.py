@@ -16,12 +16,16 @@ from sqlalchemy import select
 
 from db.engine import make_engine, session_scope
 from db.migrate import upgrade
-from db.models import Assignment, Item, Label, Prompt, QueueSettings, Response, User, utcnow
+from db.models import Assignment, Guidelines, Item, ItemResponse, Label, Project, Prompt, Response, User, utcnow
 from feedback.actors import CLI
+from feedback.conversions import edit_distance
+from feedback.export import export_rows
 from feedback.policies import ensure_base_policy
+from feedback.projects import add_member, create_project, default_project
 from feedback.prompts import canonical_messages, content_hash
 from feedback.settings import PROJECT_ROOT
 from feedback.users import create_user
+from testkit.factories import set_queue
 from testkit.local_servers import free_port
 
 pytestmark = [pytest.mark.browser]
@@ -45,6 +49,29 @@ XSS_A = "Hello <script>window.__xss=1</script> and <img src=x onerror=\"window._
 XSS_B = ("See ![pixel](http://127.0.0.1:9/tracker.png) and [click me](javascript:window.__xss=3) "
          "and http://127.0.0.1:9/bare and www.example.test too.")
 
+# The three task pages that have screenshots in docs/: rank (made by an admin in its journey),
+# rating and edit (seeded). Guidelines carry a link and an image that must stay inert.
+DOCS = PROJECT_ROOT / "docs"
+RANKED = [
+    ("What is 12 x 7?", ["84.", "12 x 7 = 84 (10 x 7 = 70, plus 2 x 7 = 14).", "It is 74.",
+                         "I'd rather not do arithmetic."]),
+    ("Name a prime number between 20 and 30.", ["23", "23 and 29 are both primes between 20 and 30.", "25",
+                                                "21 is prime."]),
+]
+RATED = ("Explain in one sentence why the sky is blue.", [
+    "Sunlight scatters off air molecules, and blue light scatters most, so the sky looks blue.",
+    "Because it reflects the ocean.",
+    "Rayleigh scattering: shorter (blue) wavelengths scatter much more than red ones in the atmosphere.",
+])
+TO_EDIT = ("Give a one-line definition of a mutex.",
+           ["A mutex is a lock that lets only one thread at a time use a shared thing, sort of."])
+RANK_GUIDELINES = ("Rank every answer: **1 is the best**; equal ranks for ties. Wrong answers go to the bottom. "
+                   "See [the handbook](http://127.0.0.1:9/handbook) ![logo](http://127.0.0.1:9/logo.png)")
+PROJECTS = [
+    ("rated", "rating", 3, "Score each answer **1-5** on every aspect. [More](http://127.0.0.1:9/more)"),
+    ("fixes", "edit", None, "Fix errors first, then cut padding; keep what is good."),
+]
+
 if not Path(CHROMIUM).exists():
     pytestmark.append(pytest.mark.skip(reason=f"{CHROMIUM} not installed (scripts/system-packages.sh)"))
 
@@ -58,6 +85,21 @@ def _prompt(session, text: str) -> Prompt:
     return prompt
 
 
+def add_k_item(s, *, project: Project, question: str, answers: list[str], policy_id: int) -> int:
+    """One item of the project's kind on a new prompt: its K answers by position (rank, rating),
+    or its one answer (edit). Stands in for sampling (tested on its own): no model here."""
+    prompt = _prompt(s, question)
+    responses = [Response(prompt_id=prompt.id, policy_version_id=policy_id, text=a, params={}) for a in answers]
+    s.add_all(responses)
+    s.flush()
+    item = Item(kind=project.task_type, project_id=project.id, prompt_id=prompt.id, response_a_id=responses[0].id)
+    s.add(item)
+    s.flush()
+    if project.task_type in ("rank", "rating"):
+        s.add_all([ItemResponse(item_id=item.id, position=p, response_id=r.id) for p, r in enumerate(responses)])
+    return item.id
+
+
 def _seed(url: str) -> None:
     engine = make_engine(url)
     try:
@@ -67,7 +109,9 @@ def _seed(url: str) -> None:
                      for name, role in (("ann", "annotator"), ("root", "admin"), ("eve", "annotator"),
                                         ("bob", "annotator"), ("cat", "annotator"))}
             # Refills would start a real sampling worker; the items are seeded here instead.
-            s.add(QueueSettings(id=1, overlap=1, refill_below=0))
+            set_queue(s, kind='pair', overlap=1, refill_below=0)
+            set_queue(s, kind='single', overlap=1, refill_below=0)
+            PAIR, SINGLE = default_project(session=s).id, default_project(session=s, kind='single').id
 
             def response(prompt: Prompt, text: str) -> Response:
                 r = Response(prompt_id=prompt.id, policy_version_id=v0.id, text=text, params={})
@@ -79,8 +123,8 @@ def _seed(url: str) -> None:
             # gets; everybody else had it already (skipped), so whatever order the journeys run
             # in, only eve is shown it.
             prompt = _prompt(s, XSS_PROMPT)
-            xss = Item(kind="pair", prompt_id=prompt.id, response_a_id=response(prompt, XSS_A).id,
-                       response_b_id=response(prompt, XSS_B).id)
+            xss = Item(kind="pair", project_id=PAIR, prompt_id=prompt.id,
+                       response_a_id=response(prompt, XSS_A).id, response_b_id=response(prompt, XSS_B).id)
             s.add(xss)
             s.flush()
             for name in ("ann", "root", "bob", "cat"):
@@ -88,11 +132,21 @@ def _seed(url: str) -> None:
                                  expires_at=utcnow(), finished_at=utcnow()))
             for question, a, b in PAIRS:
                 prompt = _prompt(s, question)
-                s.add(Item(kind="pair", prompt_id=prompt.id, response_a_id=response(prompt, a).id,
-                           response_b_id=response(prompt, b).id))
+                s.add(Item(kind="pair", project_id=PAIR, prompt_id=prompt.id,
+                           response_a_id=response(prompt, a).id, response_b_id=response(prompt, b).id))
             for question, text in SINGLES:
                 prompt = _prompt(s, question)
-                s.add(Item(kind="single", prompt_id=prompt.id, response_a_id=response(prompt, text).id))
+                s.add(Item(kind="single", project_id=SINGLE, prompt_id=prompt.id,
+                           response_a_id=response(prompt, text).id))
+            # A rating and an edit project for ann (the rank project is made by an admin in a journey).
+            for name, task, k, guidelines in PROJECTS:
+                project = create_project(session=s, actor=CLI, name=name, task_type=task, k=k,
+                                         guidelines=guidelines)
+                set_queue(s, project=project, refill_below=0)
+                add_member(session=s, actor=CLI, project=project, username="ann")
+            for name, question, answers in (("rated", *RATED), ("fixes", *TO_EDIT)):
+                add_k_item(s, project=s.scalar(select(Project).where(Project.name == name)), question=question,
+                           answers=answers, policy_id=v0.id)
     finally:
         engine.dispose()
 
@@ -270,14 +324,15 @@ def test_annotator_labels_pairs_and_a_single(page, app_server):
     shown_pair(page)  # the fourth pair is on screen, not yet labelled
 
     # The Rate page, through the sidebar: one thumbs up.
-    page.get_by_test_id("stSidebar").get_by_role("link", name="Rate", exact=True).click()
+    page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").click()
+    page.get_by_role("option", name="default-binary · binary").click()
     expect(page.get_by_role("heading", name="Rate a response")).to_be_visible()
     settled(page)
-    expect(progress_caption(page)).to_contain_text("3 in all")
+    expect(progress_caption(page)).to_contain_text("0 in all")
     single = {"prompt": drawn_text(prompt_bubble(page)), "text": response_text(page, "Response")}
     page.screenshot(path=str(SHOTS / "rate.png"), full_page=True)
     page.get_by_role("radio", name="Thumbs up").click()
-    expect(progress_caption(page)).to_contain_text("4 in all")
+    expect(progress_caption(page)).to_contain_text("1 in all")
     settled(page)
 
     engine = make_engine(url)
@@ -351,12 +406,220 @@ def test_admin_opens_the_data_page(page, app_server):
     expect(page.get_by_role("heading", name="Data", exact=True)).to_be_visible()
     tabs = page.get_by_role("tab")
     expect(tabs).to_have_text(["Import prompts", "Browse", "Sample", "Export"])
-    expect(page.get_by_test_id("stCaptionContainer").filter(has_text="prompts").first).to_contain_text("7 prompts")
+    expect(page.get_by_test_id("stCaptionContainer").filter(has_text="prompts").first).to_contain_text("9 prompts")
     page.get_by_role("tab", name="Browse").click()
     expect(page.get_by_test_id("stDataFrame").first).to_be_visible()
     settled(page)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "data.png"), full_page=True)
+    assert page.outside_requests == []
+
+
+def pick_project(page, name: str, heading: str) -> None:
+    """Choose a project in the sidebar; the Label page becomes that project's task page."""
+    page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").click()
+    page.get_by_role("option", name=re.compile(rf"^{re.escape(name)} · ")).click()
+    expect(page.get_by_role("heading", name=heading)).to_be_visible()
+    settled(page)
+
+
+def shown_responses(page, k: int) -> list[str]:
+    expect(response_box(page, f"Response {k}")).to_be_visible()
+    return [response_text(page, f"Response {i + 1}") for i in range(k)]
+
+
+def by_position(s, item_id: int) -> list[str]:
+    return list(s.scalars(select(Response.text).join(ItemResponse, ItemResponse.response_id == Response.id)
+                          .where(ItemResponse.item_id == item_id).order_by(ItemResponse.position)))
+
+
+def expect_guidelines_inert(page, version: int) -> None:
+    """The guidelines expander names the version; its link and image are words, not markup."""
+    expander = page.get_by_test_id("stExpander").filter(has_text=f"version {version}")
+    expect(expander).to_have_count(1)
+    expander.locator("summary").click()
+    expect(expander.get_by_test_id("stMarkdownContainer").first).to_be_visible()
+    assert expander.locator("a").count() == 0 and expander.locator("img").count() == 0
+
+
+def test_admin_makes_a_rank_project_and_two_annotators_rank_it(browser, page, app_server):
+    """The rank journey: an admin creates a K=4 project with guidelines, adds two annotators and
+    asks for two labels per item; both rank every item in their own browser; exactly their ranks,
+    mapped back through the order each was shown, are in the database, and the project's reward
+    export has rows."""
+    base, url = app_server
+    sign_in(page, base, "root")
+    page.get_by_test_id("stSidebar").get_by_role("link", name="Projects", exact=True).click()
+    expect(page.get_by_role("heading", name="Projects", exact=True)).to_be_visible()
+    page.get_by_text("New project").click()
+    page.get_by_label("Name", exact=True).fill("ranked")
+    page.get_by_label("Task type").click()
+    page.get_by_role("option", name=re.compile(r"^rank: ")).click()
+    page.get_by_label(re.compile(r"^Guidelines \(markdown; shown")).fill(RANK_GUIDELINES)
+    page.get_by_role("button", name="Create project").click()
+    expect(page.get_by_text("Created rank project ranked.")).to_be_visible()
+    settled(page)
+    page.get_by_role("tab", name="Members").click()
+    for name in ("bob", "cat"):
+        page.get_by_label("Username").fill(name)
+        page.get_by_role("button", name="Add member").click()
+        expect(page.get_by_text(f"Added {name} to ranked.")).to_be_visible()
+        settled(page)
+    page.get_by_role("tab", name="Queue").click()
+    page.get_by_label("Overlap: different annotators per item").fill("2")
+    page.get_by_label("Refill when fewer open items than").fill("0")  # seeded below: no sampling worker
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.get_by_text("Saved the queue settings of ranked.")).to_be_visible()
+
+    engine = make_engine(url)
+    try:
+        with session_scope(engine) as s:
+            project = s.scalar(select(Project).where(Project.name == "ranked"))
+            assert (project.task_type, project.k, project.overlap, project.refill_below) == ("rank", 4, 2, 0)
+            v0 = ensure_base_policy(session=s, actor=CLI)
+            for question, answers in RANKED:
+                add_k_item(s, project=project, question=question, answers=answers, policy_id=v0.id)
+    finally:
+        engine.dispose()
+
+    # Each annotator ranks by the text: the answers' qualities are fixed, whatever order they come in.
+    quality = {text: rank for _, answers in RANKED for text, rank in zip(answers, (1, 1, 3, 4), strict=True)}
+    quality["84."] = 2  # the terse right answer second; the second item keeps its tie at the top
+    given: dict[tuple[str, str], dict[str, int]] = {}
+    contexts = [browser.new_context(viewport={"width": 1400, "height": 1400}) for _ in range(2)]
+    try:
+        pages = dict(zip(("bob", "cat"), (c.new_page() for c in contexts), strict=True))
+        for name, p in pages.items():
+            p.set_default_timeout(TIMEOUT_MS)
+            sign_in(p, base, name)
+            pick_project(p, "ranked", "Rank responses")
+        for round_no in range(1, 3):
+            for name, p in pages.items():
+                question = drawn_text(prompt_bubble(p))
+                texts = shown_responses(p, 4)
+                if round_no == 1 and name == "bob":
+                    expect_guidelines_inert(p, 1)
+                    # Submitting before every response has a rank is refused and writes nothing.
+                    p.get_by_role("button", name="Submit", exact=True).click()
+                    expect(p.get_by_text("Give every response a rank first")).to_be_visible()
+                    settled(p)
+                for i, text in enumerate(texts):
+                    response_box(p, f"Response {i + 1}").get_by_role("radio", name=str(quality[text]),
+                                                                     exact=True).click()
+                    settled(p)
+                given[(name, question)] = {text: quality[text] for text in texts}
+                if round_no == 1 and name == "bob":
+                    p.screenshot(path=str(DOCS / "rank.png"), full_page=True)
+                p.get_by_role("button", name="Submit", exact=True).click()
+                expect(progress_caption(p)).to_contain_text(f", {round_no} in all")
+                settled(p)
+        for p in pages.values():
+            expect(progress_caption(p)).to_contain_text("0 items left for you")
+    finally:
+        for c in contexts:
+            c.close()
+
+    engine = make_engine(url)
+    try:
+        with session_scope(engine, read_only=True) as s:
+            project = s.scalar(select(Project).where(Project.name == "ranked"))
+            v1 = s.scalar(select(Guidelines.id).where(Guidelines.project_id == project.id, Guidelines.version == 1))
+            labels = s.execute(select(Label, User.username, Prompt.text).join(User, User.id == Label.user_id)
+                               .join(Item, Item.id == Label.item_id).join(Prompt, Prompt.id == Item.prompt_id)
+                               .where(Item.project_id == project.id)).all()
+            assert len(labels) == 4 and {(u, q) for _, u, q in labels} == set(given)
+            for label, username, question in labels:
+                texts = by_position(s, label.item_id)
+                assert label.kind == "rank" and label.guidelines_id == v1
+                # Shown i-th was position shown_permutation[i]; the rank recorded per position is
+                # exactly the one given to that text on the screen.
+                assert sorted(label.shown_permutation) == [0, 1, 2, 3]
+                assert label.ranking == [given[(username, question)][text] for text in texts]
+            rows = export_rows(session=s, fmt="reward", project="ranked")
+        # Both annotators agree: the first item strictly ordered (6 pairs), the second with a tie (5).
+        assert len(rows) == 11 and {r["rule"] for r in rows} == {"rank:all_pairs"}
+        assert all(quality[r["chosen"][0]["content"]] < quality[r["rejected"][0]["content"]] for r in rows)
+    finally:
+        engine.dispose()
+    assert page.outside_requests == []
+
+
+def test_annotator_rates_every_aspect(page, app_server):
+    base, url = app_server
+    page.set_viewport_size({"width": 1400, "height": 2600})  # the whole page in docs/rating.png
+    sign_in(page, base, "ann")
+    pick_project(page, "rated", "Rate responses")
+    expect_guidelines_inert(page, 1)
+    texts = shown_responses(page, 3)
+    aspects = ("Instruction following", "Truthfulness", "Honesty", "Helpfulness")
+    # Scores by text (the order on screen is random): the ocean answer is poor on every aspect.
+    wanted = {text: (2 if "ocean" in text else 5 if "Rayleigh" in text else 4) for text in texts}
+    for i, text in enumerate(texts):
+        box = response_box(page, f"Response {i + 1}")
+        for aspect in aspects[:-1] if i == 0 else aspects:  # the first one's last aspect left out at first
+            box.get_by_role("radiogroup", name=aspect).get_by_role("radio", name=str(wanted[text])).click()
+            settled(page)
+    page.get_by_role("button", name="Submit", exact=True).click()
+    expect(page.get_by_text(re.compile(r"Rate every aspect of every response first"))).to_be_visible()
+    settled(page)
+    first = response_box(page, "Response 1")
+    first.get_by_role("radiogroup", name="Helpfulness").get_by_role("radio", name=str(wanted[texts[0]])).click()
+    settled(page)
+    first.get_by_label("Why, for truthfulness? (optional)").fill("checked it")
+    settled(page)
+    page.screenshot(path=str(DOCS / "rating.png"), full_page=True)
+    page.get_by_role("button", name="Submit", exact=True).click()
+    expect(progress_caption(page)).to_contain_text(", 1 in all")
+    settled(page)
+
+    engine = make_engine(url)
+    try:
+        with session_scope(engine, read_only=True) as s:
+            ann = s.scalar(select(User).where(User.username == "ann"))
+            (label,) = s.scalars(select(Label).where(Label.user_id == ann.id, Label.kind == "rating")).all()
+            by_pos = by_position(s, label.item_id)
+            keys = ("instruction_following", "truthfulness", "honesty", "helpfulness")
+            assert [r["scores"] for r in label.ratings] == [{k: wanted[t] for k in keys} for t in by_pos]
+            first_position = label.shown_permutation[0]
+            assert label.ratings[first_position]["rationales"] == {"truthfulness": "checked it"}
+            assert [by_pos[p] for p in label.shown_permutation] == texts
+    finally:
+        engine.dispose()
+    assert page.outside_requests == []
+
+
+def test_annotator_rewrites_a_response(page, app_server):
+    base, url = app_server
+    sign_in(page, base, "ann")
+    pick_project(page, "fixes", "Edit a response")
+    original = TO_EDIT[1][0]
+    rewrite = "A mutex is a lock that lets only one thread at a time use a shared resource."
+    box = page.get_by_label("Your rewrite")
+    expect(box).to_have_value(original)
+    box.fill(rewrite)
+    box.blur()  # the text area reports its value when it loses focus
+    settled(page)
+    diff = page.get_by_test_id("stCode")
+    expect(diff).to_contain_text("+" + rewrite)
+    expect(diff).to_contain_text("-" + original)
+    expect(page.get_by_text(f"Edit distance: {edit_distance(original, rewrite)} characters")).to_be_visible()
+    page.screenshot(path=str(DOCS / "edit.png"), full_page=True)
+    page.get_by_role("button", name="Submit", exact=True).click()
+    expect(progress_caption(page)).to_contain_text(", 1 in all")
+
+    engine = make_engine(url)
+    try:
+        with session_scope(engine, read_only=True) as s:
+            ann = s.scalar(select(User).where(User.username == "ann"))
+            (label,) = s.scalars(select(Label).where(Label.user_id == ann.id, Label.kind == "edit")).all()
+            assert (label.edited_text, label.edit_distance) == (rewrite, edit_distance(original, rewrite))
+            rows = export_rows(session=s, fmt="sft", project="fixes")
+            pairs = export_rows(session=s, fmt="dpo", project="fixes")
+        assert [r["completion"][0]["content"] for r in rows] == [rewrite]
+        assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in pairs] == \
+            [(rewrite, original)]
+    finally:
+        engine.dispose()
     assert page.outside_requests == []
 
 
@@ -375,7 +638,8 @@ def test_two_annotators_at_once_never_get_the_same_pair(browser, app_server):
                 ra, rb = (Response(prompt_id=prompt.id, policy_version_id=v0.id, text=t, params={}) for t in (a, b))
                 s.add_all([ra, rb])
                 s.flush()
-                s.add(Item(kind="pair", prompt_id=prompt.id, response_a_id=ra.id, response_b_id=rb.id))
+                s.add(Item(kind="pair", project_id=default_project(session=s).id, prompt_id=prompt.id,
+                           response_a_id=ra.id, response_b_id=rb.id))
     finally:
         engine.dispose()
 

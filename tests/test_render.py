@@ -29,6 +29,13 @@ def test_ordinary_markdown_is_kept():
     assert inert_markdown(text) == text
 
 
+def test_an_answer_that_is_only_a_number_is_not_an_empty_list_item():
+    # "84." alone is an empty ordered-list item in markdown: the answer would vanish from the page.
+    assert inert_markdown("84.") == "84\\."
+    assert inert_markdown("Result:\n  7)\n") == "Result:\n  7\\)\n"
+    assert inert_markdown("1. first\n2. second") == "1. first\n2. second"  # real lists stay lists
+
+
 @given(st.text(alphabet=st.sampled_from(list("[]()!<>:/@.wjavascripthtp xyz\n")), max_size=80))
 def test_no_link_or_autolink_survives(text):
     out = inert_markdown(text)

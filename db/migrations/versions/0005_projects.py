@@ -162,7 +162,8 @@ def _move_existing_data() -> None:
         project_id = conn.execute(sa.text("SELECT id FROM projects WHERE name = :n"), {"n": name}).scalar_one()
         conn.execute(sa.text("UPDATE items SET project_id = :p WHERE kind = :k"), {"p": project_id, "k": kind})
         conn.execute(sa.text("INSERT INTO project_members (project_id, user_id, added_at)"
-                             " SELECT :p, id, :now FROM users"), {"p": project_id, "now": now})
+                             " SELECT :p, id, :now FROM users")
+                     .bindparams(sa.bindparam("now", type_=sa.DateTime(timezone=True))), {"p": project_id, "now": now})
 
 
 def downgrade() -> None:
