@@ -355,8 +355,8 @@ def _one_line_error(capsys, expected: str) -> str:
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
-    (["projects", "add", "r", "--task", "rank", "--k", "9"], "choose K from 3 to 8"),
-    (["projects", "add", "r", "--task", "rating", "--k", "2"], "choose K from 3 to 8"),
+    (["projects", "add", "r", "--task", "rank", "--k", "9"], "A rank project shows 3 to 8 responses per item"),
+    (["projects", "add", "r", "--task", "rating", "--k", "2"], "in that range, not 2"),
     (["projects", "add", "r", "--task", "pairwise", "--k", "3"], "A pairwise project shows 2 responses per item"),
     (["projects", "add", "r", "--task", "edit", "--k", "2"], "edit project shows 1 response per item, not 2"),
     (["projects", "add", "r", "--task", "rank", "--aspects", "helpfulness"], "Only rating projects have aspects"),
@@ -404,13 +404,11 @@ def test_bad_task_is_refused_by_the_parser(cli_db, capsys):
 
 
 def test_sampling_an_unknown_project(cli_db, capsys):
-    """The sampling job fails at once with the reason; the message is the error's last line (after the
-    job's progress bar)."""
+    """Refused before any job exists, with the projects there are."""
     from db.models import Job
 
     assert main(["sample", "--project", "nope", "--limit", "1"]) == 2
     err = capsys.readouterr().err
-    assert err.strip().splitlines()[-1] == "error: job 1 failed: No project called 'nope' (projects: default)."
-    assert "Traceback" not in err
+    assert err.strip() == "error: No project called 'nope' (projects: default)."
     with session_scope(cli_db, read_only=True) as s:
-        assert s.scalar(select(Job.status).where(Job.id == 1)) == "failed"
+        assert s.scalar(select(Job.id)) is None

@@ -229,3 +229,37 @@ def test_grader_rounds_make_versions(labelled, stage_name):
         version = s.scalar(select(PolicyVersion).where(PolicyVersion.name == done.result["policy_version"]))
         assert version.stage == stage_name and version.snapshot_id is None and version.parent.name == "v0"
         assert version.metrics["global_step"] == 2
+
+
+@pytest.mark.parametrize("stage_name,task", [("reward", "rank"), ("sft", "edit"), ("dpo", "rating")])
+def test_rounds_train_on_a_projects_rank_edit_and_rating_labels(labelled, stage_name, task):
+    """A round limited to one project trains on its conversions: a reward model on rank
+    expansions, SFT on rewrites, DPO on rating pairs; the snapshot holds only that project's labels."""
+    from feedback.projects import create_project
+    from testkit.factories import make_project_items
+
+    with session_scope(labelled) as s:
+        project = create_project(session=s, actor=CLI, name=f"p-{task}", task_type=task,
+                                 k=3 if task != "edit" else None, aspects=["helpfulness"] if task == "rating" else None)
+        annotator = s.scalar(select(User).where(User.username == "ann"))
+        for n, item_id in enumerate(make_project_items(s, project=project, count=4)):
+            values = {"rank": {"ranking": [1, 2, 3]},
+                      "rating": {"ratings": [{"scores": {"helpfulness": v}, "rationales": {}} for v in (5, 3, 1)]},
+                      "edit": {"edited_text": f"a better answer {n}", "edit_distance": 9}}[task]
+            s.add(Label(item_id=item_id, kind=task, source="human", user_id=annotator.id, submission_id=f"p{n}",
+                        **values))
+        config = RoundConfig(stage=stage_name, evaluate=False, snapshot={"project": project.name},
+                             stage_config={"max_steps": 2, "learning_rate": 1e-3, "per_device_train_batch_size": 2,
+                                           "max_length": 64})
+        job = start_round(session=s, config=config, actor=CLI)
+    done = jobs.run_job(engine=labelled, job_id=job.id)
+    assert done.status == "succeeded", done.error
+    with session_scope(labelled, read_only=True) as s:
+        frozen = s.scalars(select(Label.kind).join(SnapshotLabel, SnapshotLabel.label_id == Label.id)
+                           .where(SnapshotLabel.snapshot_id == done.config["snapshot_id"])).all()
+        assert frozen == [task] * 4  # the default project's pairwise labels stay out
+        version = s.scalar(select(PolicyVersion).where(PolicyVersion.job_id == job.id))
+    if stage_name == "reward":  # a reward model, not a policy version
+        assert version is None and Path(done.result["reward_model_dir"]).is_dir()
+    else:
+        assert version.stage == stage_name and version.metrics["global_step"] == 2
