@@ -2,9 +2,6 @@
 acceptance test: the exported files, loaded as they are, train TRL's DPOTrainer and KTOTrainer."""
 from __future__ import annotations
 
-import math
-from pathlib import Path
-
 import pytest
 
 from db.engine import make_engine, session_scope
@@ -16,6 +13,7 @@ from feedback.policies import ensure_base_policy
 from feedback.projects import default_project
 from feedback.prompts import content_hash
 from feedback.users import create_user
+from tests.trl_check import causal_lm, train_and_check
 
 # --- fixture data -----------------------------------------------------------------------------
 
@@ -255,32 +253,6 @@ def sqlite_filled(sqlite_url):
     engine.dispose()
 
 
-def _train_and_check(trainer_cls, config_cls, data_path: Path, model_dir: Path, out_dir: Path, **extra) -> None:
-    import torch
-    from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    dataset = load_dataset("json", data_files=str(data_path), split="train")  # the file as it is
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    args = config_cls(
-        output_dir=str(out_dir), use_cpu=True, bf16=False, max_steps=2, per_device_train_batch_size=2,
-        learning_rate=1e-3, report_to=[], save_strategy="no", logging_steps=1, max_length=128,
-        activation_checkpointing=False, dataloader_num_workers=0, seed=0, **extra,
-    )
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    result = trainer.train()
-
-    assert trainer.state.global_step == 2
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    assert losses and all(math.isfinite(loss) for loss in losses)
-    assert math.isfinite(result.training_loss)
-    changed = [name for name, p in model.named_parameters() if not torch.equal(before[name], p.detach())]
-    assert "model.layers.0.self_attn.q_proj.weight" in changed
-    assert len(changed) > len(before) // 2, f"only {len(changed)} of {len(before)} parameters moved"
-
-
 @pytest.mark.train
 def test_exported_files_train_dpo_and_kto(sqlite_filled, tiny_model_dir, tmp_path):
     from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
@@ -294,5 +266,5 @@ def test_exported_files_train_dpo_and_kto(sqlite_filled, tiny_model_dir, tmp_pat
     # KTO needs desirable and undesirable examples and a real batch (> 1) for its KL estimate.
     assert len(dpo_rows) >= 2 and {r["label"] for r in kto_rows} == {True, False} and len(kto_rows) >= 4
 
-    _train_and_check(DPOTrainer, DPOConfig, dpo_path, tiny_model_dir, tmp_path / "dpo")
-    _train_and_check(KTOTrainer, KTOConfig, kto_path, tiny_model_dir, tmp_path / "kto")
+    train_and_check(DPOTrainer, DPOConfig, dpo_path, *causal_lm(tiny_model_dir), tmp_path / "dpo")
+    train_and_check(KTOTrainer, KTOConfig, kto_path, *causal_lm(tiny_model_dir), tmp_path / "kto")
