@@ -67,7 +67,9 @@ def _sample_demo_in_background(database_url: str) -> None:
     from db.models import Item, Job
     from feedback import jobs
     from feedback.actors import SETUP
+    from feedback.launchers import start_local_worker
     from feedback.sampling import SamplingConfig
+    from feedback.settings import PROJECT_ROOT
 
     with session_scope(get_engine()) as session:
         has_items = session.scalar(select(func.count()).select_from(Item)) > 0
@@ -77,10 +79,15 @@ def _sample_demo_in_background(database_url: str) -> None:
         created = [jobs.create_job(session=session, kind="sample", actor=SETUP, config=asdict(
             SamplingConfig(project=name, limit=limit, tags=["demo"], max_new_tokens=96, seed=0)))
             for name, _, _, limit in DEMO_PROJECTS]
-    for job in created:
-        jobs.start_detached(job=job, database_url=database_url)
-    print(f"sampling the demo prompts into {len(created)} projects in the background "
-          f"(jobs {', '.join(str(j.id) for j in created)}); the Data page shows their progress")
+    # One local worker takes the projects in turn: five at once would share two cores and all
+    # finish late, where in turn the Compare page has its pairs within a minute.
+    ids = [job.id for job in created]
+    log_dir = PROJECT_ROOT / "var" / "jobs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**jobs.child_env("sample"), "DATABASE_URL": database_url}
+    start_local_worker(*ids, env=env, log_path=log_dir / f"job-{ids[0]}-{ids[-1]}.log")
+    print(f"sampling the demo prompts into {len(ids)} projects in the background, one after another "
+          f"(jobs {', '.join(map(str, ids))}); the Data page shows their progress")
 
 
 def cmd_users_add(args) -> None:
@@ -209,8 +216,15 @@ def cmd_jobs_cancel(args) -> None:
 def cmd_jobs_work(args) -> None:
     from feedback.jobs import run_job
 
-    job = run_job(engine=get_engine(), job_id=args.id)
-    print(f"job {job.id} {job.status}")
+    for job_id in args.ids:  # in turn: a worker given several jobs shares the machine with nobody
+        try:
+            job = run_job(engine=get_engine(), job_id=job_id)
+        except UserError as exc:  # cancelled meanwhile, say: the others still run
+            if len(args.ids) == 1:
+                raise
+            print(f"job {job_id}: {exc}", file=sys.stderr)
+            continue
+        print(f"job {job.id} {job.status}")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -288,8 +302,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = job_cmds.add_parser("resume", help="queue an interrupted or failed job again, in the background")
     p.add_argument("id", type=int)
     p.set_defaults(func=cmd_jobs_resume)
-    p = job_cmds.add_parser("work", help="run one queued job in this process (what detached workers do)")
-    p.add_argument("id", type=int)
+    p = job_cmds.add_parser("work", help="run queued jobs in this process, one after another (what detached "
+                                         "workers do)")
+    p.add_argument("ids", type=int, nargs="+", metavar="ID")
     p.set_defaults(func=cmd_jobs_work)
     return parser
 

@@ -66,8 +66,20 @@ def get_launcher(name: str | None = None) -> Launcher:
     return LAUNCHERS.get(name)()
 
 
-def worker_argv(job_id: int, python: str | None = None) -> list[str]:
-    return [python or sys.executable, "-m", "feedback", "jobs", "work", str(job_id)]
+def worker_argv(job_id: int, *more: int, python: str | None = None) -> list[str]:
+    """The worker command: it runs the queued jobs given, one after another."""
+    return [python or sys.executable, "-m", "feedback", "jobs", "work", *map(str, (job_id, *more))]
+
+
+def start_local_worker(*job_ids: int, env: dict[str, str], log_path: Path) -> int:
+    """A detached process on this machine running `job_ids` in turn; its pid."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            worker_argv(*job_ids), cwd=PROJECT_ROOT, env=env,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # not killed with the Streamlit process or its rerun
+        )
+    return proc.pid
 
 
 class LocalProcessLauncher:
@@ -76,14 +88,7 @@ class LocalProcessLauncher:
     name = "local"
 
     def launch(self, *, job_id: int, kind: str, database_url: str, env: dict[str, str], log_path: Path) -> str:
-        env = {**env, "DATABASE_URL": database_url}
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                worker_argv(job_id), cwd=PROJECT_ROOT, env=env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,  # not killed with the Streamlit process or its rerun
-            )
-        return str(proc.pid)
+        return str(start_local_worker(job_id, env={**env, "DATABASE_URL": database_url}, log_path=log_path))
 
 
 def ray_env_vars(env: dict[str, str], database_url: str) -> dict[str, str]:
@@ -119,7 +124,7 @@ class RayJobsLauncher:
         # cd: the same working directory a local worker has; the interpreter explicitly, because
         # `python` on a Ray node is whatever its PATH finds (here: the system one, without our deps).
         python = self.python or get_settings().ray_job_python or sys.executable
-        return f"cd {shlex.quote(str(PROJECT_ROOT))} && exec {shlex.join(worker_argv(job_id, python))}"
+        return f"cd {shlex.quote(str(PROJECT_ROOT))} && exec {shlex.join(worker_argv(job_id, python=python))}"
 
     def launch(self, *, job_id: int, kind: str, database_url: str, env: dict[str, str], log_path: Path) -> str:
         address = self.resolved_address()

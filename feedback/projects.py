@@ -105,6 +105,11 @@ def default_project(*, session: Session, kind: str = "pair") -> Project:
     return project
 
 
+def all_projects(*, session: Session) -> list[Project]:
+    """Every project by name: what reviewers filter labels by (they review every project's)."""
+    return list(session.scalars(select(Project).order_by(Project.name)))
+
+
 def visible_projects(*, session: Session, user: User) -> list[Project]:
     """The projects this person may label in: all for admins; open ones and their own otherwise."""
     query = select(Project).order_by(Project.name)

@@ -6,13 +6,13 @@ import streamlit as st
 from db.engine import session_scope
 from db.models import LABEL_KINDS
 from feedback import queue
-from feedback.projects import visible_projects
+from feedback.projects import all_projects
 from pages.common import get_engine, require_page_role
 
 me = require_page_role("reviewer", "admin")
 st.title("Recent labels")
 with session_scope(get_engine(), read_only=True) as s:
-    projects = {p.id: p.name for p in visible_projects(session=s, user=me)}
+    projects = {p.id: p.name for p in all_projects(session=s)}  # reviewers see every project's labels
 c1, c2, c3, c4 = st.columns(4)
 project_id = c1.selectbox("Project", [None, *projects], format_func=lambda v: "all" if v is None else projects[v])
 source = c2.selectbox("Source", [None, "human", "judge", "grader"], format_func=lambda v: v or "all")

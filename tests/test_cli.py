@@ -412,3 +412,27 @@ def test_sampling_an_unknown_project(cli_db, capsys):
     assert err.strip() == "error: No project called 'nope' (projects: default)."
     with session_scope(cli_db, read_only=True) as s:
         assert s.scalar(select(Job.id)) is None
+
+
+def test_one_worker_runs_several_jobs_in_turn(cli_db, tmp_path, capsys):
+    """`jobs work A B C`: what the demo's single background worker does. A job cancelled
+    meanwhile is reported and passed over; the others still run."""
+    from dataclasses import asdict
+
+    from db.models import Job
+    from feedback import jobs
+    from feedback.sampling import SamplingConfig
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"Question {i}?", "split": "train"}) for i in range(2)))
+    assert main(["prompts", "import", str(prompts)]) == 0
+    with session_scope(cli_db) as s:
+        ids = [jobs.create_job(session=s, kind="sample", actor=CLI, config=asdict(
+            SamplingConfig(limit=1, max_new_tokens=4, seed=n))).id for n in range(3)]
+        jobs.request_cancel(session=s, job_id=ids[1], actor=CLI)
+    assert main(["jobs", "work", *map(str, ids)]) == 0
+    captured = capsys.readouterr()
+    assert f"job {ids[0]} succeeded" in captured.out and f"job {ids[2]} succeeded" in captured.out
+    assert f"job {ids[1]}: Job {ids[1]} is cancelled, not queued." in captured.err
+    with session_scope(cli_db, read_only=True) as s:
+        assert [s.get(Job, i).status for i in ids] == ["succeeded", "cancelled", "succeeded"]
