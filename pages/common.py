@@ -93,8 +93,9 @@ def claim_or_wait(*, engine: Engine, user: User, project: Project, noun: str):
     if claim is None or progress.open_for_me < 5:
         refilling = bool(maybe_refill(engine=engine, database_url=get_settings().database_url,
                                       project_id=project.id)) or refilling
+    left = progress.open_for_me + (claim is not None)
     st.caption(f"You: {progress.today} today, {progress.total} in all · "
-               f"{progress.open_for_me + (claim is not None)} {noun} left for you in {project.name}")
+               f"{left} {noun.removesuffix('s') if left == 1 else noun} left for you in {project.name}")
     # Poll (the fragment's run_every) only while waiting for new items; switching polling on or
     # off needs a full rerun, since run_every is read when the page script runs.
     if (claim is None) != st.session_state.get(waiting_key, False):
