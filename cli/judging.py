@@ -47,6 +47,15 @@ def cmd_grade(args) -> None:
         print(f"job {job.id}: {job.result}")
 
 
+def cmd_simulate(args) -> None:
+    from feedback.actors import CLI
+    from judges.simulated import run_simulation
+
+    result = run_simulation(engine=get_engine(), project=args.project, pool=args.annotators, labels=args.labels,
+                            actor=CLI, seed=args.seed)
+    print(result["summary"] + (f" (skipped: {result['skipped']})" if result["skipped"] else ""))
+
+
 def add_commands(sub) -> None:
     from feedback.config_fields import add_arguments
     from judges.batch import JudgeConfig
@@ -64,6 +73,17 @@ def add_commands(sub) -> None:
     p.add_argument("--limit", type=int, help="only the first N canary pairs")
     p.add_argument("--first-principle", action="store_true", help="judge under the first principle only")
     p.set_defaults(func=cmd_judge_canaries)
+
+    p = sub.add_parser("simulate", help="simulated annotators label a project through the real queue",
+                       description="Simulated annotators (judges/simulated.py) label a pairwise or binary project "
+                                   "as users of it, through the real queue.")
+    p.add_argument("--project", default="default")
+    p.add_argument("--annotators", required=True, metavar="POOL",
+                   help="kind:count[:options], comma-separated; kinds: grader (noise=, grader=), random, left, "
+                        "adversarial (grader=); e.g. grader:6:noise=0.1,random:2,left:1,adversarial:1")
+    p.add_argument("--labels", type=int, required=True, help="stop after this many labels (or an empty pool)")
+    p.add_argument("--seed", type=int, default=0, help="the random choices' seed (noise, random annotators)")
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("grade", help="score items against their prompts' references with a grader")
     add_arguments(p, GradeConfig)

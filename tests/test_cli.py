@@ -436,3 +436,13 @@ def test_one_worker_runs_several_jobs_in_turn(cli_db, tmp_path, capsys):
     assert f"job {ids[1]}: Job {ids[1]} is cancelled, not queued." in captured.err
     with session_scope(cli_db, read_only=True) as s:
         assert [s.get(Job, i).status for i in ids] == ["succeeded", "cancelled", "succeeded"]
+
+
+def test_simulate_command(cli_db, capsys):
+    from tests.test_simulated import arithmetic_pairs
+
+    arithmetic_pairs(cli_db, 4)
+    assert main(["simulate", "--annotators", "grader:1,left:1", "--labels", "3"]) == 0
+    assert capsys.readouterr().out.startswith("3 simulated labels in default: ")
+    assert main(["simulate", "--annotators", "psychic:1", "--labels", "3"]) == 2
+    assert "Unknown simulated annotator 'psychic'" in capsys.readouterr().err
