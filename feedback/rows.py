@@ -16,6 +16,10 @@ Several labels on one item are resolved by `rule` (a RowSettings field, recorded
 - "soft": disagreement kept, every A-or-B vote (every label's pair direction) a row of its own, so
   a pair voted 3 to 1 trains three rows towards the majority and one against it (conservative
   DPO's label smoothing, per item). Ties and both-bad votes add no row.
+- "reliability": pairs and thumbs by Dawid-Skene (feedback/reliability.py), which weighs each
+  annotator by how reliable the labels show them to be: one row per item in the aggregated
+  direction, with its `confidence`, and items below `min_confidence` left out. A snapshot freezes
+  the estimates with its labels. Rank and rating labels resolve by majority under this rule.
 
 KTO rows come from every source: thumbs (binary labels), graders' scores on single responses
 (desirable when the score is at least `kto_threshold`), ratings (desirable when the mean of the
@@ -39,10 +43,11 @@ from db.models import LABEL_SOURCES, Item, ItemResponse, Label, Project, Prompt,
 from feedback import conversions
 from feedback.config_fields import cfg_field
 from feedback.errors import UserError
+from feedback.reliability import Estimates, estimates_for
 
 # How far the chosen reward should exceed the rejected one, by the strength annotators gave.
 STRENGTH_MARGIN = {None: 0.0, "slight": 0.5, "much": 1.0}
-RULES = ("majority", "drop", "soft")
+RULES = ("majority", "drop", "soft", "reliability")
 # Which pairs a ranking gives when nobody says: all of them for a reward model, the clean
 # best-over-worst pair for DPO (and KTO's unpairing, and SFT's best response).
 RANK_PAIRS_FOR = {"reward": "all_pairs", "dpo": "best_vs_worst"}
@@ -52,8 +57,8 @@ RANK_PAIRS_FOR = {"reward": "all_pairs", "dpo": "best_vs_worst"}
 class RowSettings:
     """How labels become rows; snapshots record these with their labels."""
 
-    rule: str = cfg_field("majority", "Several labels on one item: majority, drop (unanimous only) or soft "
-                          "(every vote a row).", choices=RULES)
+    rule: str = cfg_field("majority", "Several labels on one item: majority, drop (unanimous only), soft "
+                          "(every vote a row) or reliability (Dawid-Skene).", choices=RULES)
     rank_pairs: str | None = cfg_field(None, "Pairs from a ranking: all_pairs, best_vs_rest or best_vs_worst "
                                        "(None: all_pairs for reward, best_vs_worst for DPO).")
     rating_min_margin: float = cfg_field(1.0, "Ratings: two responses make a pair when their mean aspect scores "
@@ -64,6 +69,8 @@ class RowSettings:
                                      "or more.")
     kto_from_pairs: bool = cfg_field(False, "KTO: also unpair resolved pairwise labels (chosen desirable, "
                                      "rejected not).")
+    min_confidence: float = cfg_field(0.6, "Rule reliability: leave out items whose aggregated label has a lower "
+                                      "posterior probability.")
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -72,6 +79,8 @@ class RowSettings:
             raise UserError(f"rank_pairs is one of {', '.join(conversions.RANK_RULES)}.")
         if self.rating_min_margin <= 0:
             raise UserError("rating_min_margin must be positive (equal ratings say nothing).")
+        if not 0 <= self.min_confidence <= 1:
+            raise UserError("min_confidence is a probability, from 0 to 1.")
 
     def rank_rule(self, purpose: str) -> str:
         return self.rank_pairs or RANK_PAIRS_FOR.get(purpose, "best_vs_worst")
@@ -85,6 +94,14 @@ class Scope:
     snapshot_id: int | None = None
     project_id: int | None = None
     include_val: bool = False
+    # Rule reliability: Dawid-Skene estimates frozen with a snapshot, by label kind; None: fit now.
+    estimates: dict[str, Estimates] | None = None
+
+
+def _estimates(session: Session, scope: Scope, kind: str, by_item: dict[int, list[Label]]) -> Estimates:
+    if scope.estimates is not None and kind in scope.estimates:
+        return scope.estimates[kind]
+    return estimates_for(session, [label for labels in by_item.values() for label in labels])
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -173,18 +190,33 @@ def _row(messages: list, chosen: str, rejected: str, rule: str, margin: float | 
     return row
 
 
+def _reliable(estimates: Estimates, item_id: int, settings: RowSettings, values: tuple[str, str]) -> str | None:
+    """The item's Dawid-Skene value, if it is one of `values` and confident enough."""
+    value, confidence = estimates.items.get(item_id, (None, 0.0))
+    return value if value in values and confidence >= settings.min_confidence else None
+
+
 def _pairwise_preferences(session: Session, scope: Scope, settings: RowSettings, with_margin: bool) -> list[dict]:
     by_item = _labels(session, "pairwise", scope)
+    reliability = _estimates(session, scope, "pairwise", by_item) if settings.rule == "reliability" else None
     out = []
     for item_id, messages, text_a, text_b in _pair_texts(session, by_item) if by_item else []:
         labels = by_item[item_id]
-        for winner in _votes(labels, settings.rule):
+        if reliability is not None:
+            winner = _reliable(reliability, item_id, settings, ("a", "b"))
+            winners = [winner] if winner else []
+        else:
+            winners = _votes(labels, settings.rule)
+        for winner in winners:
             chosen, rejected = (text_a, text_b) if winner == "a" else (text_b, text_a)
             margin = None
             if with_margin:
                 agreeing = [label for label in labels if label.choice == winner]
                 margin = sum(STRENGTH_MARGIN.get(label.strength, 0.0) for label in agreeing) / len(agreeing)
-            out.append(_row(messages, chosen, rejected, f"pairwise:{settings.rule}", margin))
+            row = _row(messages, chosen, rejected, f"pairwise:{settings.rule}", margin)
+            if reliability is not None:
+                row["confidence"] = reliability.items[item_id][1]
+            out.append(row)
     return out
 
 
@@ -248,8 +280,11 @@ def kto_rows(*, session: Session, scope: Scope = Scope(), settings: RowSettings 
     settings = settings or RowSettings()
     resolved: dict[int, tuple[bool, str]] = {}  # single-response item -> (desirable, rule)
     thumbs_rule = "majority" if settings.rule == "soft" else settings.rule
-    for item_id, labels in _labels(session, "binary", scope).items():
-        verdict = _resolve([label.thumb for label in labels], thumbs_rule)
+    thumbs = _labels(session, "binary", scope)
+    reliability = _estimates(session, scope, "binary", thumbs) if settings.rule == "reliability" else None
+    for item_id, labels in thumbs.items():
+        verdict = (_reliable(reliability, item_id, settings, ("up", "down")) if reliability is not None
+                   else _resolve([label.thumb for label in labels], thumbs_rule))
         if verdict is not None:
             resolved[item_id] = (verdict == "up", f"binary:{thumbs_rule}")
     for item_id, labels in _labels(session, "score", scope).items():
@@ -273,7 +308,7 @@ def kto_rows(*, session: Session, scope: Scope = Scope(), settings: RowSettings 
         out.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True, "rule": row["rule"]})
         out.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False, "rule": row["rule"]})
     if settings.kto_from_pairs:  # each pair once, by its resolved winner (a soft split would contradict itself)
-        once = RowSettings(rule=thumbs_rule)
+        once = RowSettings(rule=thumbs_rule, min_confidence=settings.min_confidence)
         for row in _pairwise_preferences(session, scope, once, with_margin=False):
             out.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True,
                         "rule": "pairwise:unpaired"})
@@ -287,6 +322,7 @@ def sft_rows(*, session: Session, scope: Scope = Scope(), settings: RowSettings 
     winners of pairwise, rank and rating labels (each resolved once, even under "soft")."""
     settings = settings or RowSettings()
     once = RowSettings(rule="majority" if settings.rule == "soft" else settings.rule, rank_pairs="best_vs_rest",
+                       min_confidence=settings.min_confidence,
                        rating_min_margin=settings.rating_min_margin)
     out, seen = [], set()
     by_item = _labels(session, "edit", scope)

@@ -210,7 +210,7 @@ def run_simulation(*, engine: Engine, project: str, pool: str, labels: int, acto
             user_id, kind, annotator = entry
             with session_scope(engine) as s:
                 user = s.get(User, user_id)
-                claim = queue.claim_next(session=s, user=user, project=project_id)
+                claim = queue.claim_next(session=s, user=user, project=project_id, rng=rng)  # seeded: replayable
                 if claim is None:
                     active.remove(entry)
                     continue

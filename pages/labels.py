@@ -6,7 +6,9 @@ import streamlit as st
 from db.engine import session_scope
 from db.models import LABEL_KINDS
 from feedback import queue
+from feedback.actors import Actor
 from feedback.projects import all_projects
+from feedback.quality import TOO_FAST_S, annotator_table
 from pages.common import get_engine, require_page_role
 
 me = require_page_role("reviewer", "admin")
@@ -22,3 +24,12 @@ with session_scope(get_engine(), read_only=True) as s:
     rows = queue.recent_labels(session=s, user=s.merge(me), source=source, kind=kind, username=username or None,
                                project_id=project_id)
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+st.subheader("Annotators")
+st.caption("People, the AI judge and graders alike. agree_others: share of agreeing label pairs on the same item; "
+           "agree_majority: against the majority of the other labels; reliability: Dawid-Skene's expected accuracy; "
+           f"left_wins: share of A/B choices for the left side (0.5 = no position bias); too_fast: labels under "
+           f"{TOO_FAST_S:g} s.")
+with session_scope(get_engine(), read_only=True) as s:
+    measures = annotator_table(session=s, actor=Actor.signed_in(me), project_id=project_id)
+st.dataframe(pd.DataFrame(measures), hide_index=True, width="stretch")

@@ -156,3 +156,16 @@ def test_sign_in_is_rate_limited(app_db):
     at.button[0].click().run()
     assert "user_id" not in at.session_state
     assert any("Too many failed sign-ins" in e.value for e in at.error)
+
+
+def test_reviewer_sees_per_annotator_measures(app_db):
+    at = as_user("ann")
+    claim_and_vote = next(b for b in at.button if b.label == "A is better")
+    claim_and_vote.click().run()
+    at = as_user("rev")
+    at.switch_page("pages/labels.py").run()
+    assert not at.exception
+    assert [h.value for h in at.subheader] == ["Annotators"]
+    table = at.dataframe[1].value
+    assert list(table["annotator"]) == ["ann"] and table["labels"].tolist() == [1]
+    assert table["left_wins"].tolist() == [1.0]  # one A/B choice, for the left side

@@ -446,3 +446,17 @@ def test_simulate_command(cli_db, capsys):
     assert capsys.readouterr().out.startswith("3 simulated labels in default: ")
     assert main(["simulate", "--annotators", "psychic:1", "--labels", "3"]) == 2
     assert "Unknown simulated annotator 'psychic'" in capsys.readouterr().err
+
+
+def test_quality_command(cli_db, capsys):
+    from tests.test_simulated import arithmetic_pairs
+
+    assert main(["quality"]) == 2
+    assert "No pairwise or binary labels yet." in capsys.readouterr().err
+    arithmetic_pairs(cli_db, 3)
+    assert main(["simulate", "--annotators", "grader:1", "--labels", "3"]) == 0
+    capsys.readouterr()
+    assert main(["quality", "--project", "default"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["annotator", "kind", "labels"]
+    assert out[1].split()[:3] == ["sim-grader-1", "pairwise", "3"]

@@ -29,9 +29,10 @@ from feedback.actors import Actor
 from feedback.config_fields import cfg_field
 from feedback.errors import UserError
 from feedback.export import rows_for
+from feedback.reliability import Estimates, estimates_for
 from feedback.rows import RowSettings, Scope
 
-Rule = Literal["majority", "drop", "soft"]
+Rule = Literal["majority", "drop", "soft", "reliability"]
 
 
 @dataclass
@@ -44,8 +45,9 @@ class SnapshotFilter:
     since: str | None = cfg_field(None, "Only labels created at or after this ISO date/time.")
     until: str | None = cfg_field(None, "Only labels created before this ISO date/time.")
     project: str | None = cfg_field(None, "Only this project's labels (None: every project).")
-    rule: Rule = cfg_field("majority", "Several labels on one item: majority, drop (unanimous only) or soft "
-                           "(every vote a row).")
+    rule: Rule = cfg_field("majority", "Several labels on one item: majority, drop (unanimous only), soft "
+                           "(every vote a row) or reliability (Dawid-Skene; its estimates are frozen with the "
+                           "snapshot).")
     rank_pairs: str | None = cfg_field(None, "Pairs from a ranking: all_pairs, best_vs_rest or best_vs_worst "
                                        "(None: all_pairs for reward, best_vs_worst for DPO).")
     rating_min_margin: float = cfg_field(1.0, "Ratings: pairs need mean aspect scores at least this far apart.")
@@ -54,6 +56,8 @@ class SnapshotFilter:
                                      "or more.")
     kto_from_pairs: bool = cfg_field(False, "KTO: also unpair resolved pairwise labels (chosen desirable, "
                                      "rejected not).")
+    min_confidence: float = cfg_field(0.6, "Rule reliability: leave out items whose aggregated label has a lower "
+                                      "posterior probability.")
 
     def __post_init__(self) -> None:
         if not self.sources or set(self.sources) - set(LABEL_SOURCES):
@@ -69,7 +73,7 @@ class SnapshotFilter:
     def row_settings(self) -> RowSettings:
         return RowSettings(rule=self.rule, rank_pairs=self.rank_pairs, rating_min_margin=self.rating_min_margin,
                            rating_kto_threshold=self.rating_kto_threshold, kto_threshold=self.kto_threshold,
-                           kto_from_pairs=self.kto_from_pairs)
+                           kto_from_pairs=self.kto_from_pairs, min_confidence=self.min_confidence)
 
 
 def _matching_label_ids(session: Session, f: SnapshotFilter) -> list[int]:
@@ -107,8 +111,10 @@ def create_snapshot(*, session: Session, filters: SnapshotFilter, actor: Actor) 
     existing = session.scalar(select(Snapshot).where(Snapshot.content_hash == digest))
     if existing is not None:
         return existing
-    snapshot = Snapshot(content_hash=digest, filters=asdict(filters), n_labels=len(label_ids),
-                        created_by_id=actor.user_id)
+    frozen = asdict(filters)
+    if filters.rule == "reliability":  # the estimates it trains on, kept with it (they follow from the labels)
+        frozen["estimates"] = _reliability_estimates(session, label_ids)
+    snapshot = Snapshot(content_hash=digest, filters=frozen, n_labels=len(label_ids), created_by_id=actor.user_id)
     try:
         with session.begin_nested():
             session.add(snapshot)
@@ -122,6 +128,12 @@ def create_snapshot(*, session: Session, filters: SnapshotFilter, actor: Actor) 
     return snapshot
 
 
+def _reliability_estimates(session: Session, label_ids: list[int]) -> dict[str, Any]:
+    labels = list(session.scalars(select(Label).where(Label.id.in_(label_ids))))
+    return {kind: estimates_for(session, [label for label in labels if label.kind == kind]).as_json()
+            for kind in ("pairwise", "binary")}
+
+
 def rows_for_stage(*, session: Session, snapshot: Snapshot, stage: str) -> list[dict[str, Any]]:
     """The snapshot as the rows a stage trains on (TRL's column names, conversational)."""
     if stage not in ("dpo", "reward", "kto", "sft"):
@@ -129,8 +141,10 @@ def rows_for_stage(*, session: Session, snapshot: Snapshot, stage: str) -> list[
     known = {f for f in SnapshotFilter.__dataclass_fields__}
     # Snapshots made before a setting existed get its default.
     filters = SnapshotFilter(**{k: v for k, v in snapshot.filters.items() if k in known})
+    frozen = snapshot.filters.get("estimates")
+    estimates = {kind: Estimates.from_json(data) for kind, data in frozen.items()} if frozen else None
     return rows_for(session=session, fmt=stage, settings=filters.row_settings(),
-                    scope=Scope(sources=tuple(filters.sources), snapshot_id=snapshot.id))
+                    scope=Scope(sources=tuple(filters.sources), snapshot_id=snapshot.id, estimates=estimates))
 
 
 def reference_rows(*, session: Session, split: str = "train", limit: int | None = None) -> list[dict[str, Any]]:
