@@ -100,7 +100,7 @@ def add_commands(sub) -> None:
     p.add_argument("--aspects", help="rating: comma-separated aspects (default: instruction_following, "
                                      "truthfulness, honesty, helpfulness)")
     p.add_argument("--guidelines", metavar="FILE", help="markdown guidelines for annotators (version 1)")
-    p.add_argument("--description", help="one line shown with the project")
+    p.add_argument("--description", help="one line about the project, for admins (stored with it)")
     p.add_argument("--open", action="store_true", help="every annotator may label here, not only members")
     p.set_defaults(func=cmd_add)
     projects.add_parser("list", help="projects with their items, guidelines and members").set_defaults(func=cmd_list)

@@ -306,6 +306,8 @@ def _human_label(assignment: Assignment, user: User, submission_id: str, **value
 def _assignment_of_kind(session: Session, user: User, assignment_id: int, kind: str) -> Assignment:
     require_role(user, *ANNOTATING_ROLES)
     assignment = _assignment_for(session, user, assignment_id)
+    # Removed from the project while holding a lease: that lease no longer lets them label.
+    require_member(session=session, user=user, project=session.get(Project, assignment.item.project_id))
     if assignment.item.kind != kind:
         raise UserError(f"That item is a {assignment.item.kind} item, not a {kind} item.")
     return assignment
@@ -384,6 +386,11 @@ def submit_rating(*, session: Session, user: User, assignment_id: int, submissio
 MAX_EDIT_CHARS = 20_000
 
 
+def max_edit_chars(original: str) -> int:
+    """How long a rewrite may be: a long original may always be submitted as it is."""
+    return max(MAX_EDIT_CHARS, len(original.strip()))
+
+
 def submit_edit(*, session: Session, user: User, assignment_id: int, submission_id: str, edited_text: str,
                 rationale: str | None = None, now: datetime | None = None) -> Label:
     """Record a rewrite of the item's response, with its edit distance from the original."""
@@ -392,9 +399,9 @@ def submit_edit(*, session: Session, user: User, assignment_id: int, submission_
     edited = (edited_text or "").strip()
     if not edited:
         raise UserError("The rewrite is empty; to say the response is fine as it is, submit it unchanged.")
-    if len(edited) > MAX_EDIT_CHARS:
-        raise UserError(f"Please keep the rewrite under {MAX_EDIT_CHARS:,} characters.")
     original = session.scalar(select(Response.text).where(Response.id == assignment.item.response_a_id))
+    if len(edited) > (limit := max_edit_chars(original)):
+        raise UserError(f"Please keep the rewrite under {limit:,} characters.")
     label = _human_label(assignment, user, submission_id, kind="edit", edited_text=edited,
                          edit_distance=conversions.edit_distance(original.strip(), edited),
                          rationale=_clean_rationale(rationale))
@@ -402,7 +409,8 @@ def submit_edit(*, session: Session, user: User, assignment_id: int, submission_
 
 
 def skip(*, session: Session, user: User, assignment_id: int, now: datetime | None = None) -> None:
-    """Give the item back to the pool; this annotator will not be offered it again."""
+    """Give the item back to the pool; this annotator will not be offered it again. (Allowed after
+    leaving the project too: it only frees the slot.)"""
     require_role(user, *ANNOTATING_ROLES)
     assignment = _assignment_for(session, user, assignment_id)
     if assignment.status == "leased":

@@ -3,12 +3,13 @@ makes more from the current policy in the background, so an annotator never wait
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import timedelta
 
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from db.engine import session_scope
-from db.models import Item, Job, Project
+from db.models import Item, Job, Project, utcnow
 from feedback import jobs
 from feedback.actors import Actor
 from feedback.projects import default_project
@@ -21,9 +22,15 @@ _REFILL_LOCK = 727_001
 REFILL = Actor.process("refill")
 
 
+# A job queued this long ago and never started has lost its worker (a worker given several jobs
+# in turn died before reaching it): it no longer holds off a refill.
+QUEUED_GRACE = timedelta(minutes=30)
+
+
 def refill_running(*, session: Session, project: Project | None = None) -> bool:
-    """A sampling job is queued or running (for this project, when one is given)."""
-    active = session.scalars(select(Job.config).where(Job.kind == "sample", Job.status.in_(jobs.ACTIVE)))
+    """A sampling job is running, or was queued lately (for this project, when one is given)."""
+    fresh = (Job.status == "running") | ((Job.status == "queued") & (Job.created_at > utcnow() - QUEUED_GRACE))
+    active = session.scalars(select(Job.config).where(Job.kind == "sample", fresh))
     return any(project is None or config.get("project", "default") == project.name for config in active)
 
 

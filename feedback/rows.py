@@ -49,7 +49,7 @@ from feedback.reliability import Estimates, estimates_for
 STRENGTH_MARGIN = {None: 0.0, "slight": 0.5, "much": 1.0}
 RULES = ("majority", "drop", "soft", "reliability")
 # Which pairs a ranking gives when nobody says: all of them for a reward model, the clean
-# best-over-worst pair for DPO (and KTO's unpairing, and SFT's best response).
+# best-over-worst pair for DPO (SFT takes each item's best: best_vs_rest, below).
 RANK_PAIRS_FOR = {"reward": "all_pairs", "dpo": "best_vs_worst"}
 
 
@@ -226,8 +226,14 @@ def _rank_preferences(session: Session, scope: Scope, settings: RowSettings, pur
     by_item = _labels(session, "rank", scope)
     out = []
     for item_id, (messages, texts) in _positions(session, by_item).items():
-        votes = [pair for label in by_item[item_id] for pair in conversions.rank_pairs(label.ranking, how)]
-        ties = [pair for label in by_item[item_id] for pair in conversions.rank_ties(label.ranking)]
+        labels = by_item[item_id]
+        # The rule picks which pairs to train on (from each ranking); every label then votes on
+        # each of them by its full ordering, so a label that ranks a picked pair the other way
+        # counts against it.
+        picked = {frozenset(pair) for label in labels for pair in conversions.rank_pairs(label.ranking, how)}
+        votes = [pair for label in labels for pair in conversions.rank_pairs(label.ranking, "all_pairs")
+                 if frozenset(pair) in picked]
+        ties = [pair for label in labels for pair in conversions.rank_ties(label.ranking)]
         for winner, loser in conversions.resolve_votes(votes, settings.rule, ties):
             out.append(_row(messages, texts[winner], texts[loser], f"rank:{how}", 0.0 if with_margin else None))
     return out

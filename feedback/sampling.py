@@ -244,8 +244,21 @@ def run_sampling(
     return totals
 
 
+def stored_config(config: dict[str, Any]) -> SamplingConfig:
+    """A job's config as stored. Jobs queued before projects said `items` (pair, single or both)
+    instead: singles meant the binary default project, anything else the pairwise one."""
+    values = dict(config)
+    items = values.pop("items", None)
+    if items is not None and "project" not in values:
+        values["project"] = DEFAULT_PROJECT_OF_ITEMS.get(items, "default")
+    return SamplingConfig(**values)
+
+
+DEFAULT_PROJECT_OF_ITEMS = {"single": "default-binary"}
+
+
 def run_sampling_job(*, engine: Engine, job, reporter: jobs.Reporter) -> dict[str, Any]:
-    config = SamplingConfig(**job.config)
+    config = stored_config(job.config)
 
     def progress(done: int, total: int) -> None:
         reporter.progress(done, total, log=f"{done}/{total} prompts sampled")

@@ -50,7 +50,8 @@ def edit() -> None:
     show_guidelines(engine, project, claim.guidelines_id)
     show_chat(claim.messages)
     show_response("Original response", original)
-    edited = st.text_area("Your rewrite", original, key=f"edit-{aid}", height=240, max_chars=queue.MAX_EDIT_CHARS)
+    edited = st.text_area("Your rewrite", original, key=f"edit-{aid}", height=240,
+                          max_chars=queue.max_edit_chars(original))
     # The diff as code, never as markdown: both sides are untrusted text.
     diff = "\n".join(difflib.unified_diff(original.splitlines(), edited.splitlines(), "original", "your rewrite",
                                           lineterm=""))

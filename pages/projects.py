@@ -42,7 +42,7 @@ def run(action, **kwargs):
                 kwargs["project"] = get_project(session=s, name=kwargs["project"])
             return action(session=s, actor=Actor.signed_in(me), **kwargs)
     except UserError as exc:
-        st.error(str(exc))
+        st.error(inert_markdown(str(exc)))  # it can echo what was typed (a username, a name)
         return None
 
 

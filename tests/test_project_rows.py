@@ -497,3 +497,19 @@ def test_snapshot_of_ratings_keeps_its_settings_and_labels(rated):
 def test_snapshot_of_an_unknown_project(engine):
     with session_scope(engine) as s, pytest.raises(UserError, match="No project called"):
         create_snapshot(session=s, filters=SnapshotFilter(project="nope"), actor=CLI)
+
+
+def test_a_picked_pair_is_voted_on_by_every_ranking(engine):
+    """best_vs_worst picks (0, 2) from one ranking; the two others rank 2 above 0, so under
+    majority that pair goes their way, and under drop it is disputed and left out."""
+    project_id, [item], prompts = setup_project(engine, "rank-picked", "rank", 1, k=3, overlap=3)
+    users = annotators(engine, 3, prefix="pick")
+    for user, ranking in zip(users, ([1, 2, 3], [3, 1, 2], [3, 1, 2]), strict=True):
+        label(engine, project_id, user, ranks_shown({item: ranking}), random.Random(user))
+    majority = directions(export(engine, "dpo", project="rank-picked"))
+    assert majority == Counter({(prompts[item], 1, 0): 1, (prompts[item], 2, 0): 1})
+    assert export(engine, "dpo", project="rank-picked", rule="drop") == []
+    best_vs_rest = directions(export(engine, "dpo", project="rank-picked", rule="drop", rank_pairs="best_vs_rest"))
+    # Picked: (0, 1), (0, 2) from the first ranking, (1, 0), (1, 2) from the others. Only 1 over 2
+    # is unanimous.
+    assert best_vs_rest == Counter({(prompts[item], 1, 2): 1})

@@ -620,3 +620,21 @@ def test_role_matrix(engine, role):
             if before != after:
                 problems.append(f"{name}: forbidden for {role} but changed the database")
     assert problems == []
+
+
+def test_a_member_removed_while_holding_a_lease_cannot_submit(engine, world):
+    from feedback.projects import add_member, create_project, remove_member
+    from testkit.factories import make_project_items
+
+    with session_scope(engine) as s:
+        project = create_project(session=s, actor=CLI, name="closed", task_type="edit")
+        make_project_items(s, project=project, count=1)
+        add_member(session=s, actor=CLI, project=project, username="ann000")
+        claim = queue.claim_next(session=s, user=s.get(User, world["a"]), project=project, now=T0)
+        remove_member(session=s, actor=CLI, project=project, username="ann000")
+    with session_scope(engine) as s, pytest.raises(UserError, match="not a member of project 'closed'"):
+        queue.submit_edit(session=s, user=s.get(User, world["a"]), assignment_id=claim.assignment_id,
+                          submission_id="late", edited_text="better", now=T0)
+    with session_scope(engine) as s:
+        assert count(s, Label) == 0
+        queue.skip(session=s, user=s.get(User, world["a"]), assignment_id=claim.assignment_id, now=T0)  # frees it

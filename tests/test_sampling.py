@@ -238,3 +238,37 @@ def test_detached_worker_runs_the_job(engine, db_url, tiny_policy, monkeypatch, 
     assert status == "succeeded", (tmp_path / f"job-{job.id}.log").read_text()
     assert "ANTHROPIC_API_KEY" not in jobs.child_env("sample")
     assert jobs.child_env("judge")["ANTHROPIC_API_KEY"] == "sk-ant-secret-for-test"
+
+
+def test_jobs_queued_before_projects_still_run(engine, tiny_policy):
+    """A sampling job stored with the old `items` key: pairs go to `default`; a singles job to the
+    binary default project."""
+    from feedback.sampling import stored_config
+
+    assert stored_config({"limit": 2, "items": "both"}).project == "default"
+    assert stored_config({"limit": 2, "items": "single"}).project == "default-binary"
+    assert stored_config({"limit": 2, "items": "single", "project": "x"}).project == "x"
+    with session_scope(engine) as s:
+        job = jobs.create_job(session=s, kind="sample", actor=CLI, config={"limit": 1, "max_new_tokens": 4})
+        job.config = {**job.config, "items": "pair"}  # as an older version wrote it
+    done = jobs.run_job(engine=engine, job_id=job.id)
+    assert done.status == "succeeded", done.error
+    assert done.result["project"] == "default"
+
+
+def test_a_queued_job_whose_worker_never_came_stops_holding_off_refills(engine):
+    from datetime import timedelta
+
+    from db.models import utcnow
+    from feedback.refill import QUEUED_GRACE, refill_running
+
+    with session_scope(engine) as s:
+        project = default_project(session=s)
+        job = jobs.create_job(session=s, kind="sample", actor=CLI, config={"limit": 1, "project": "default"})
+        assert refill_running(session=s, project=project)
+        job.created_at = utcnow() - QUEUED_GRACE - timedelta(minutes=1)  # its worker died before reaching it
+        s.flush()
+        assert not refill_running(session=s, project=project)
+        job.status = "running"  # a running job counts however old (mark_stale watches its heartbeat)
+        s.flush()
+        assert refill_running(session=s, project=project)
