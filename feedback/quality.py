@@ -29,6 +29,11 @@ TOO_FAST_S = 3.0  # under this a label is unlikely to come from reading two answ
 KINDS = ("pairwise", "binary")
 
 
+def share(flags: list[bool]) -> float | None:
+    """The share of True, to three places; None when there is nothing to count."""
+    return round(sum(flags) / len(flags), 3) if flags else None
+
+
 def annotator_table(*, session: Session, actor: Actor, project_id: int | None = None) -> list[dict[str, Any]]:
     """One row per annotator and label kind, most labels first (reviewers and admins)."""
     actor.require("reviewer", "admin")
@@ -66,7 +71,6 @@ def annotator_table(*, session: Session, actor: Actor, project_id: int | None = 
             if label.source == "human" and (at := leased.get((label.item_id, label.user_id))) is not None:
                 s["seconds"].append((label.created_at - at).total_seconds())
         for who, s in stats.items():
-            share = (lambda xs: round(sum(xs) / len(xs), 3) if xs else None)  # noqa: E731 - a local helper
             rows.append({
                 "annotator": who, "kind": kind, "labels": len(s["n"]),
                 "agree_others": share(s["agree_others"]), "agree_majority": share(s["agree_majority"]),
