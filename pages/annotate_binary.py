@@ -1,13 +1,12 @@
 """Binary annotation: thumbs up or down on one response, with an optional critique."""
 import streamlit as st
 
-from db.engine import session_scope
 from feedback import queue
-from feedback.errors import UserError
 from pages.common import (
     claim_or_wait,
     get_engine,
     poll_while_waiting,
+    record_label,
     require_page_role,
     selected_project,
     show_chat,
@@ -29,13 +28,9 @@ def submit(assignment_id: int, submission_id: str) -> None:
     value = st.session_state.get(f"thumb-{assignment_id}")
     if value is None:
         return
-    try:
-        with session_scope(engine) as s:
-            queue.submit_binary(session=s, user=s.merge(user), assignment_id=assignment_id,
-                                submission_id=submission_id, thumb="up" if value == 1 else "down",
-                                rationale=st.session_state.get(f"critique-{assignment_id}"))
-    except UserError as exc:
-        st.session_state["annotate-error"] = str(exc)
+    record_label(engine, user, queue.submit_binary, assignment_id=assignment_id,
+                 submission_id=submission_id, thumb="up" if value == 1 else "down",
+                 rationale=st.session_state.get(f"critique-{assignment_id}"))
 
 
 @st.fragment(run_every=poll_while_waiting(project))

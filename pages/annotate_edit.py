@@ -4,14 +4,13 @@ import difflib
 
 import streamlit as st
 
-from db.engine import session_scope
 from feedback import queue
 from feedback.conversions import edit_distance
-from feedback.errors import UserError
 from pages.common import (
     claim_or_wait,
     get_engine,
     poll_while_waiting,
+    record_label,
     require_page_role,
     selected_project,
     show_chat,
@@ -30,13 +29,9 @@ st.caption("Rewrite the response into a good answer; submit it unchanged if it i
 
 
 def submit(assignment_id: int, submission_id: str) -> None:
-    try:
-        with session_scope(engine) as s:
-            queue.submit_edit(session=s, user=s.merge(user), assignment_id=assignment_id,
-                              submission_id=submission_id, edited_text=st.session_state.get(f"edit-{assignment_id}"),
-                              rationale=st.session_state.get(f"rationale-{assignment_id}"))
-    except UserError as exc:
-        st.session_state["annotate-error"] = str(exc)
+    record_label(engine, user, queue.submit_edit, assignment_id=assignment_id,
+                 submission_id=submission_id, edited_text=st.session_state.get(f"edit-{assignment_id}"),
+                 rationale=st.session_state.get(f"rationale-{assignment_id}"))
 
 
 @st.fragment(run_every=poll_while_waiting(project))

@@ -2,13 +2,12 @@
 showing and recorded; the vote widget is a fragment, so voting reruns only it."""
 import streamlit as st
 
-from db.engine import session_scope
 from feedback import queue
-from feedback.errors import UserError
 from pages.common import (
     claim_or_wait,
     get_engine,
     poll_while_waiting,
+    record_label,
     require_page_role,
     selected_project,
     show_chat,
@@ -31,13 +30,9 @@ CHOICES = [("left", "A is better", "1"), ("right", "B is better", "2"), ("tie", 
 
 def submit(assignment_id: int, submission_id: str, preferred: str) -> None:
     strength = st.session_state.get(f"strength-{assignment_id}") if preferred in ("left", "right") else None
-    try:
-        with session_scope(engine) as s:
-            queue.submit_pairwise(session=s, user=s.merge(user), assignment_id=assignment_id,
-                                  submission_id=submission_id, preferred=preferred, strength=strength,
-                                  rationale=st.session_state.get(f"rationale-{assignment_id}"))
-    except UserError as exc:
-        st.session_state["annotate-error"] = str(exc)
+    record_label(engine, user, queue.submit_pairwise, assignment_id=assignment_id,
+                 submission_id=submission_id, preferred=preferred, strength=strength,
+                 rationale=st.session_state.get(f"rationale-{assignment_id}"))
 
 
 @st.fragment(run_every=poll_while_waiting(project))

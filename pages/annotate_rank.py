@@ -3,13 +3,12 @@ fresh random order per annotator (recorded with the label); ranks are given in t
 the queue maps them back to the item's own positions."""
 import streamlit as st
 
-from db.engine import session_scope
 from feedback import queue
-from feedback.errors import UserError
 from pages.common import (
     claim_or_wait,
     get_engine,
     poll_while_waiting,
+    record_label,
     require_page_role,
     selected_project,
     show_chat,
@@ -33,13 +32,9 @@ def submit(assignment_id: int, submission_id: str, k: int) -> None:
     if missing:  # refused here, before the queue: nothing is written
         st.session_state["annotate-error"] = f"Give every response a rank first (missing: {', '.join(missing)})."
         return
-    try:
-        with session_scope(engine) as s:
-            queue.submit_rank(session=s, user=s.merge(user), assignment_id=assignment_id,
-                              submission_id=submission_id, ranks=ranks,
-                              rationale=st.session_state.get(f"rationale-{assignment_id}"))
-    except UserError as exc:
-        st.session_state["annotate-error"] = str(exc)
+    record_label(engine, user, queue.submit_rank, assignment_id=assignment_id,
+                 submission_id=submission_id, ranks=ranks,
+                 rationale=st.session_state.get(f"rationale-{assignment_id}"))
 
 
 @st.fragment(run_every=poll_while_waiting(project))

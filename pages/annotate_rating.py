@@ -3,14 +3,13 @@ reason per aspect. The responses come in a fresh random order per annotator (rec
 label); ratings are given in that order and the queue maps them back to item positions."""
 import streamlit as st
 
-from db.engine import session_scope
 from feedback import queue
-from feedback.errors import UserError
 from pages.common import (
     claim_or_wait,
     get_engine,
     humanise,
     poll_while_waiting,
+    record_label,
     require_page_role,
     selected_project,
     show_chat,
@@ -40,13 +39,8 @@ def submit(assignment_id: int, submission_id: str, k: int) -> None:
     if missing:  # refused here, before the queue: nothing is written
         state["annotate-error"] = "Rate every aspect of every response first (missing " + "; ".join(missing) + ")."
         return
-    try:
-        with session_scope(engine) as s:
-            queue.submit_rating(session=s, user=s.merge(user), assignment_id=assignment_id,
-                                submission_id=submission_id, ratings=ratings,
-                                rationale=state.get(f"rationale-{assignment_id}"))
-    except UserError as exc:
-        state["annotate-error"] = str(exc)
+    record_label(engine, user, queue.submit_rating, assignment_id=assignment_id,
+                 submission_id=submission_id, ratings=ratings, rationale=state.get(f"rationale-{assignment_id}"))
 
 
 @st.fragment(run_every=poll_while_waiting(project))

@@ -172,6 +172,18 @@ def humanise(name: str) -> str:
     return name.replace("_", " ").capitalize()
 
 
+def record_label(engine: Engine, user: User, submit, **values) -> None:
+    """A submit button's callback body: record a label with `submit` (one of queue.submit_*) as
+    this annotator; a refusal is kept for take_error to show on the next run."""
+    from feedback.errors import UserError
+
+    try:
+        with session_scope(engine) as s:
+            submit(session=s, user=s.merge(user), **values)
+    except UserError as exc:
+        st.session_state["annotate-error"] = str(exc)
+
+
 def take_error(key: str = "annotate-error") -> None:
     """Show (once) the message a submit callback left for this rerun."""
     if error := st.session_state.pop(key, None):
