@@ -6,7 +6,8 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from db.models import Item, Label, PolicyVersion, Prompt, Response
+from db.models import Item, Label, PolicyVersion, Project, Prompt, Response, User
+from feedback.actors import require_role
 
 MAX_ROWS = 1000
 
@@ -84,3 +85,30 @@ def counts(*, session: Session) -> dict[str, int]:
 
 def policy_names(*, session: Session) -> list[str]:
     return list(session.scalars(select(PolicyVersion.name).order_by(PolicyVersion.id)))
+
+
+def recent_labels(*, session: Session, user: User, source: str | None = None, kind: str | None = None,
+                  username: str | None = None, project_id: int | None = None, limit: int = 200) -> list[dict]:
+    """Recent labels for reviewers and admins: a fixed list of columns, nothing else."""
+    require_role(user, "reviewer", "admin")
+    annotator = aliased(User)
+    query = (
+        select(Label.id, Label.created_at, Project.name, Label.kind, Label.source, annotator.username,
+               Label.producer, Label.item_id, Label.choice, Label.strength, Label.thumb, Label.score,
+               Label.ranking, Label.edit_distance, Label.shown_order, Label.rationale, Prompt.text)
+        .join(Item, Item.id == Label.item_id).join(Prompt, Prompt.id == Item.prompt_id)
+        .join(Project, Project.id == Item.project_id)
+        .outerjoin(annotator, annotator.id == Label.user_id)
+        .order_by(Label.id.desc()).limit(min(limit, 1000))
+    )
+    if project_id is not None:
+        query = query.where(Item.project_id == project_id)
+    if source:
+        query = query.where(Label.source == source)
+    if kind:
+        query = query.where(Label.kind == kind)
+    if username:
+        query = query.where(annotator.username == username)
+    columns = ("id", "at", "project", "kind", "source", "annotator", "producer", "item", "choice", "strength",
+               "thumb", "score", "ranking", "edit_distance", "shown_order", "rationale", "prompt")
+    return [dict(zip(columns, row, strict=True)) for row in session.execute(query)]

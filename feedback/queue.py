@@ -447,30 +447,3 @@ def open_item_count(*, session: Session, project: Project | int | None = None, k
     settings = resolve_project(session, project, kind)
     query = open_items_query(settings=settings, now=now or utcnow(), dialect=session.get_bind().dialect.name)
     return session.scalar(select(func.count()).select_from(query.subquery())) or 0
-
-
-def recent_labels(*, session: Session, user: User, source: str | None = None, kind: str | None = None,
-                  username: str | None = None, project_id: int | None = None, limit: int = 200) -> list[dict]:
-    """Recent labels for reviewers and admins: a fixed list of columns, nothing else."""
-    require_role(user, "reviewer", "admin")
-    annotator = aliased(User)
-    query = (
-        select(Label.id, Label.created_at, Project.name, Label.kind, Label.source, annotator.username,
-               Label.producer, Label.item_id, Label.choice, Label.strength, Label.thumb, Label.score,
-               Label.ranking, Label.edit_distance, Label.shown_order, Label.rationale, Prompt.text)
-        .join(Item, Item.id == Label.item_id).join(Prompt, Prompt.id == Item.prompt_id)
-        .join(Project, Project.id == Item.project_id)
-        .outerjoin(annotator, annotator.id == Label.user_id)
-        .order_by(Label.id.desc()).limit(min(limit, 1000))
-    )
-    if project_id is not None:
-        query = query.where(Item.project_id == project_id)
-    if source:
-        query = query.where(Label.source == source)
-    if kind:
-        query = query.where(Label.kind == kind)
-    if username:
-        query = query.where(annotator.username == username)
-    columns = ("id", "at", "project", "kind", "source", "annotator", "producer", "item", "choice", "strength",
-               "thumb", "score", "ranking", "edit_distance", "shown_order", "rationale", "prompt")
-    return [dict(zip(columns, row, strict=True)) for row in session.execute(query)]

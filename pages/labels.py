@@ -5,7 +5,7 @@ import streamlit as st
 
 from db.engine import session_scope
 from db.models import LABEL_KINDS
-from feedback import queue
+from feedback import browse
 from feedback.actors import Actor
 from feedback.projects import all_projects
 from feedback.quality import TOO_FAST_S, annotator_table
@@ -21,7 +21,7 @@ source = c2.selectbox("Source", [None, "human", "judge", "grader"], format_func=
 kind = c3.selectbox("Kind", [None, *LABEL_KINDS], format_func=lambda v: v or "all")
 username = c4.text_input("Annotator")
 with session_scope(get_engine(), read_only=True) as s:
-    rows = queue.recent_labels(session=s, user=s.merge(me), source=source, kind=kind, username=username or None,
+    rows = browse.recent_labels(session=s, user=s.merge(me), source=source, kind=kind, username=username or None,
                                project_id=project_id)
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 

@@ -26,7 +26,7 @@ from db.models import (
     SignInFailure,
     User,
 )
-from feedback import queue
+from feedback import browse, queue
 from feedback.actors import CLI, Actor
 from feedback.errors import PermissionDenied, UserError
 from feedback.projects import default_project
@@ -417,13 +417,13 @@ def test_recent_labels_for_reviewers_and_admins_only(engine, world):
     submit(engine, world["a"], c.assignment_id, preferred="right", rationale="  clearer  ")
     with session_scope(engine, read_only=True) as s:
         with pytest.raises(PermissionDenied):
-            queue.recent_labels(session=s, user=s.get(User, world["a"]))
+            browse.recent_labels(session=s, user=s.get(User, world["a"]))
         for role in ("reviewer", "admin"):
-            rows = queue.recent_labels(session=s, user=s.get(User, world[role]))
+            rows = browse.recent_labels(session=s, user=s.get(User, world[role]))
             assert len(rows) == 1
             assert rows[0]["annotator"] == "ann000" and rows[0]["rationale"] == "clearer"
             assert rows[0]["choice"] in ("a", "b") and rows[0]["shown_order"] == c.shown_order
-        assert queue.recent_labels(session=s, user=s.get(User, world["admin"]), username="ann001") == []
+        assert browse.recent_labels(session=s, user=s.get(User, world["admin"]), username="ann001") == []
 
 
 # --- accounts -----------------------------------------------------------------------------------
@@ -584,7 +584,7 @@ def test_role_matrix(engine, role):
             session=s, user=me, assignment_id=held["single"], submission_id="m2", thumb="up"),
         "skip": lambda s, me: queue.skip(session=s, user=me, assignment_id=held["skip"]) or "skipped",
         "claim_next": lambda s, me: queue.claim_next(session=s, user=me, kind="pair"),
-        "recent_labels": lambda s, me: queue.recent_labels(session=s, user=me),
+        "recent_labels": lambda s, me: browse.recent_labels(session=s, user=me),
         "update_queue_settings": lambda s, me: queue.update_queue_settings(
             session=s, project=default_project(session=s), actor=Actor.signed_in(me), overlap=2, lease_seconds=60,
             prompt_tags=["x"], policy_version_ids=[],
