@@ -323,10 +323,14 @@ class Item(Base):
             sqlite_where=text("kind = 'single'"),
             postgresql_where=text("kind = 'single'"),
         ),
+        # A claim asks for a project's open items in id order and takes the first: with (project,
+        # id) it walks the index and stops there. On project_id alone a planner without fresh
+        # statistics fetched every item of the project, tested each one's slots, then sorted.
+        Index("ix_items_project_id_id", "project_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
     kind: Mapped[str] = mapped_column(String(8), index=True)
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
     response_a_id: Mapped[int] = mapped_column(ForeignKey("responses.id"))

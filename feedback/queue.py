@@ -193,6 +193,9 @@ def claim_next(*, session: Session, user: User, project: Project | int | None = 
     dialect = session.get_bind().dialect.name
     postgres = dialect == "postgresql"
     tiers = _tiers(session)
+    # Read before any item is locked: every statement between the lock and the commit makes the
+    # other claimers wait longer.
+    guidelines = current_guidelines(session=session, project_id=settings.id)
     tried: list[int] = []
     for _ in range(CLAIM_ATTEMPTS):
         base = open_items_query(settings=settings, now=now, dialect=dialect, user_id=user.id)
@@ -222,7 +225,6 @@ def claim_next(*, session: Session, user: User, project: Project | int | None = 
         elif settings.task_type in ("rank", "rating"):  # a fresh order per annotator: no position bias
             k = session.scalar(select(func.count()).select_from(ItemResponse).where(ItemResponse.item_id == item_id))
             permutation = rng.sample(range(k), k)
-        guidelines = current_guidelines(session=session, project_id=settings.id)
         assignment = Assignment(item_id=item_id, user_id=user.id, shown_order=order, shown_permutation=permutation,
                                 guidelines_id=guidelines.id if guidelines else None, status="leased",
                                 leased_at=now, expires_at=now + timedelta(seconds=settings.lease_seconds))

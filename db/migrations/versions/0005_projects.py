@@ -100,7 +100,7 @@ def upgrade() -> None:
 
     with op.batch_alter_table('items', schema=None) as batch_op:
         batch_op.alter_column('project_id', existing_type=sa.Integer(), nullable=False)
-        batch_op.create_index(batch_op.f('ix_items_project_id'), ['project_id'], unique=False)
+        batch_op.create_index('ix_items_project_id_id', ['project_id', 'id'], unique=False)
         batch_op.create_foreign_key(batch_op.f('fk_items_project_id_projects'), 'projects', ['project_id'], ['id'])
         batch_op.drop_constraint(batch_op.f('ck_items_kind'), type_='check')
         batch_op.drop_constraint(batch_op.f('ck_items_shape'), type_='check')
@@ -207,7 +207,7 @@ def downgrade() -> None:
         batch_op.create_check_constraint(batch_op.f('ck_items_kind'), OLD_ITEM_KINDS)
         batch_op.create_check_constraint(batch_op.f('ck_items_shape'), OLD_ITEM_SHAPE)
         batch_op.drop_constraint(batch_op.f('fk_items_project_id_projects'), type_='foreignkey')
-        batch_op.drop_index(batch_op.f('ix_items_project_id'))
+        batch_op.drop_index('ix_items_project_id_id')
         batch_op.drop_column('project_id')
     op.drop_table('item_responses')
     op.drop_index(op.f('ix_project_members_user_id'), table_name='project_members')
