@@ -56,6 +56,12 @@ SHOWN_ORDERS = ("ab", "ba")
 ASSIGNMENT_STATUSES = ("leased", "done", "skipped")
 JUDGMENT_OUTCOMES = ("a", "b", "tie", "inconsistent", "failed")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+# How a project orders its open items (feedback/priority.py): by id, at random, or most uncertain first.
+QUEUE_ORDERS = ("oldest", "random", "uncertainty")
+# Where an item's final answer came from: a reviewer marking it gold, a reviewer settling a
+# dispute, or a generated attention check (feedback/gold.py, feedback/adjudication.py).
+DECISION_ORIGINS = ("gold", "adjudication", "attention")
+STANDINGS = ("ok", "warned", "paused")
 
 
 def utcnow() -> datetime:
@@ -113,6 +119,10 @@ class Project(Base):
         CheckConstraint("k >= 1 AND k <= 8", name="k_range"),
         CheckConstraint("overlap >= 1", name="overlap_positive"),
         CheckConstraint("lease_seconds >= 10", name="lease_min"),
+        CheckConstraint("gold_rate >= 0 AND gold_rate <= 1", name="gold_rate_range"),
+        CheckConstraint("gold_min_accuracy >= 0 AND gold_min_accuracy <= 1", name="gold_accuracy_range"),
+        CheckConstraint("gold_min_answers >= 1", name="gold_answers_positive"),
+        CheckConstraint(_in("queue_order", QUEUE_ORDERS), name="queue_order"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -131,6 +141,13 @@ class Project(Base):
     policy_version_ids: Mapped[list[int]] = mapped_column(JSONType, default=list)  # empty: any version
     refill_below: Mapped[int] = mapped_column(Integer, default=4)  # open items that trigger a refill
     refill_prompts: Mapped[int] = mapped_column(Integer, default=8)  # prompts sampled per refill
+    # Gold items: the share of claims that silently hand out a gold item the annotator has not
+    # had; an annotator below `gold_min_accuracy` after `gold_min_answers` gold answers is warned,
+    # and paused on this project after twice as many.
+    gold_rate: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    gold_min_accuracy: Mapped[float] = mapped_column(Float, default=0.7, server_default=text("0.7"))
+    gold_min_answers: Mapped[int] = mapped_column(Integer, default=5, server_default=text("5"))
+    queue_order: Mapped[str] = mapped_column(String(16), default="oldest", server_default=text("'oldest'"))
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -327,6 +344,8 @@ class Item(Base):
         # id) it walks the index and stops there. On project_id alone a planner without fresh
         # statistics fetched every item of the project, tested each one's slots, then sorted.
         Index("ix_items_project_id_id", "project_id", "id"),
+        # Projects ordered by uncertainty or at random walk this one instead (feedback/priority.py).
+        Index("ix_items_project_id_queue_key", "project_id", "queue_key", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -336,6 +355,9 @@ class Item(Base):
     response_a_id: Mapped[int] = mapped_column(ForeignKey("responses.id"))
     response_b_id: Mapped[int | None] = mapped_column(ForeignKey("responses.id"))
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    # Claims hand out the lowest key first (then the lowest id): 0 for every item of an "oldest"
+    # project; a random number, or 1 - uncertainty, otherwise (feedback/priority.py).
+    queue_key: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     prompt: Mapped[Prompt] = relationship()
@@ -465,6 +487,53 @@ class Assignment(Base):
 
     item: Mapped[Item] = relationship()
 
+
+class ItemDecision(Base):
+    """An item's final answer, which wins over whatever its labels aggregate to: a gold answer
+    (marked by a reviewer, or a generated attention check's known answer) or a reviewer's
+    adjudication of a dispute. One per item; a new decision replaces the old, and the audit log
+    keeps every one. Gold items are served to every annotator to measure them (feedback/gold.py);
+    attention checks never reach training.
+
+    `choice` (a / b / tie / both_bad) for pairs, `thumb` (up / down) for single responses."""
+
+    __tablename__ = "item_decisions"
+    __table_args__ = (
+        CheckConstraint(_in("origin", DECISION_ORIGINS), name="origin"),
+        CheckConstraint(f"choice IS NULL OR {_in('choice', PAIRWISE_CHOICES)}", name="choice"),
+        CheckConstraint(f"thumb IS NULL OR {_in('thumb', THUMB_VALUES)}", name="thumb"),
+        CheckConstraint("(choice IS NULL) <> (thumb IS NULL)", name="one_value"),
+        CheckConstraint("origin <> 'attention' OR gold", name="attention_is_gold"),
+        Index("ix_item_decisions_project_gold", "project_id", "gold"),
+    )
+
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    origin: Mapped[str] = mapped_column(String(16))
+    gold: Mapped[bool] = mapped_column(Boolean, default=False)
+    choice: Mapped[str | None] = mapped_column(String(8))
+    thumb: Mapped[str | None] = mapped_column(String(4))
+    note: Mapped[str] = mapped_column(Text, default="")
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AnnotatorStanding(Base):
+    """An annotator's standing on one project, from their gold answers: ok, warned, or paused
+    (no more items from this project until an admin lifts it). Gold answers count from
+    `counted_from`, so a lifted pause starts afresh."""
+
+    __tablename__ = "annotator_standings"
+    __table_args__ = (CheckConstraint(_in("status", STANDINGS), name="status"),)
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(8), default="ok")
+    gold_answers: Mapped[int] = mapped_column(Integer, default=0)  # counted since counted_from
+    gold_correct: Mapped[int] = mapped_column(Integer, default=0)
+    counted_from: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    changed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
 
 class SignInFailure(Base):

@@ -26,8 +26,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, joinedload
 
 from db.models import (
+    QUEUE_ORDERS,
     Assignment,
     Item,
+    ItemDecision,
     ItemResponse,
     Label,
     Project,
@@ -36,8 +38,9 @@ from db.models import (
     User,
     utcnow,
 )
-from feedback import conversions
+from feedback import conversions, gold
 from feedback.actors import Actor, require_role
+from feedback.decisions import gold_items
 from feedback.errors import UserError
 from feedback.projects import current_guidelines, default_project, require_member
 from feedback.tags import has_any_tag
@@ -67,11 +70,16 @@ class Claim:
 
 def update_queue_settings(*, session: Session, actor: Actor, project: Project, overlap: int, lease_seconds: int,
                           prompt_tags: list[str], policy_version_ids: list[int], refill_below: int,
-                          refill_prompts: int) -> Project:
+                          refill_prompts: int, queue_order: str | None = None) -> Project:
+    """Save a project's queue settings (`queue_order` None: leave it as it is; feedback/priority.py
+    sets the items' keys for a new order)."""
     actor.require("admin")
     if overlap < 1 or lease_seconds < 10 or refill_below < 0 or refill_prompts < 1:
         raise UserError("overlap >= 1, lease >= 10 s, refill threshold >= 0 and refill size >= 1.")
+    if queue_order is not None and queue_order not in QUEUE_ORDERS:
+        raise UserError(f"The queue order is one of {', '.join(QUEUE_ORDERS)}, not {queue_order!r}.")
     settings = project
+    settings.queue_order = queue_order or settings.queue_order
     settings.overlap, settings.lease_seconds = overlap, lease_seconds
     settings.prompt_tags = sorted({t.strip() for t in prompt_tags if t.strip()})
     settings.policy_version_ids = sorted(set(policy_version_ids))
@@ -79,7 +87,7 @@ def update_queue_settings(*, session: Session, actor: Actor, project: Project, o
     settings.updated_at, settings.updated_by_id = utcnow(), actor.user_id
     actor.record(session=session, action="queue.settings", target=f"project:{project.name}",
                  details={"overlap": overlap, "lease_seconds": lease_seconds, "prompt_tags": settings.prompt_tags,
-                          "policy_version_ids": settings.policy_version_ids})
+                          "policy_version_ids": settings.policy_version_ids, "queue_order": settings.queue_order})
     return settings
 
 
@@ -95,8 +103,10 @@ def _taken_slots(item_id, now: datetime):
 
 def open_items_query(*, settings: Project, now: datetime, dialect: str, user_id: int | None = None):
     """The project's items that still need an annotator (and, with `user_id`, that this one has
-    not had). `settings` is the project: its queue settings are its own columns."""
-    query = select(Item.id).where(Item.project_id == settings.id, _taken_slots(Item.id, now) < settings.overlap)
+    not had). `settings` is the project: its queue settings are its own columns. Gold items are
+    not among them: they are handed out at the project's gold rate instead, to everyone."""
+    query = select(Item.id).where(Item.project_id == settings.id, _taken_slots(Item.id, now) < settings.overlap,
+                                  Item.id.not_in(gold_items(settings.id)))
     if user_id is not None:
         mine = select(Assignment.id).where(Assignment.item_id == Item.id, Assignment.user_id == user_id)
         query = query.where(~exists(mine))
@@ -180,6 +190,7 @@ def claim_next(*, session: Session, user: User, project: Project | int | None = 
     require_role(user, *ANNOTATING_ROLES)
     settings = resolve_project(session, project, kind)
     require_member(session=session, user=user, project=settings)
+    gold.require_not_paused(session=session, user=user, project=settings)
     now = now or utcnow()
     current = session.scalar(
         select(Assignment).join(Item, Item.id == Assignment.item_id)
@@ -196,6 +207,13 @@ def claim_next(*, session: Session, user: User, project: Project | int | None = 
     # Read before any item is locked: every statement between the lock and the commit makes the
     # other claimers wait longer.
     guidelines = current_guidelines(session=session, project_id=settings.id)
+    rng = rng or random
+    if settings.gold_rate > 0 and rng.random() < settings.gold_rate:
+        gold_item = _unseen_gold_item(session, settings, user, rng)
+        if gold_item is not None:
+            claim = _lease(session, settings, user, gold_item, guidelines, now, rng)
+            if claim is not None:
+                return claim
     tried: list[int] = []
     for _ in range(CLAIM_ATTEMPTS):
         base = open_items_query(settings=settings, now=now, dialect=dialect, user_id=user.id)
@@ -203,7 +221,7 @@ def claim_next(*, session: Session, user: User, project: Project | int | None = 
             base = base.where(Item.id.not_in(tried))
         item_id = None
         for tier in tiers:
-            query = (base if tier is None else base.where(tier)).order_by(Item.id).limit(1)
+            query = (base if tier is None else base.where(tier)).order_by(Item.queue_key, Item.id).limit(1)
             item_id = session.scalar(query.with_for_update(skip_locked=True, of=Item, key_share=True)
                                      if postgres else query)
             if item_id is None and postgres:
@@ -218,25 +236,41 @@ def claim_next(*, session: Session, user: User, project: Project | int | None = 
         if postgres and session.scalar(select(_taken_slots(item_id, now))) >= settings.overlap:
             tried.append(item_id)
             continue
-        rng = rng or random
-        order, permutation = "ab", None
-        if settings.task_type == "pairwise":
-            order = rng.choice(("ab", "ba"))
-        elif settings.task_type in ("rank", "rating"):  # a fresh order per annotator: no position bias
-            k = session.scalar(select(func.count()).select_from(ItemResponse).where(ItemResponse.item_id == item_id))
-            permutation = rng.sample(range(k), k)
-        assignment = Assignment(item_id=item_id, user_id=user.id, shown_order=order, shown_permutation=permutation,
-                                guidelines_id=guidelines.id if guidelines else None, status="leased",
-                                leased_at=now, expires_at=now + timedelta(seconds=settings.lease_seconds))
-        try:
-            with session.begin_nested():
-                session.add(assignment)
-        except IntegrityError:
-            # The same annotator claiming in a second tab at the same moment: give them that item.
+        claim = _lease(session, settings, user, item_id, guidelines, now, rng)
+        if claim is None:
             tried.append(item_id)
             continue
-        return _claim_of(session, assignment)
+        return claim
     return None
+
+
+def _unseen_gold_item(session: Session, settings: Project, user: User, rng) -> int | None:
+    """A random gold item of the project this annotator has never been handed."""
+    mine = select(Assignment.item_id).where(Assignment.user_id == user.id)
+    candidates = list(session.scalars(gold_items(settings.id).where(ItemDecision.item_id.not_in(mine))
+                                      .order_by(ItemDecision.item_id)))
+    return rng.choice(candidates) if candidates else None
+
+
+def _lease(session: Session, settings: Project, user: User, item_id: int, guidelines, now: datetime,
+           rng) -> Claim | None:
+    """Lease `item_id` to the user in a fresh shown order; None if they got it meanwhile."""
+    order, permutation = "ab", None
+    if settings.task_type == "pairwise":
+        order = rng.choice(("ab", "ba"))
+    elif settings.task_type in ("rank", "rating"):  # a fresh order per annotator: no position bias
+        k = session.scalar(select(func.count()).select_from(ItemResponse).where(ItemResponse.item_id == item_id))
+        permutation = rng.sample(range(k), k)
+    assignment = Assignment(item_id=item_id, user_id=user.id, shown_order=order, shown_permutation=permutation,
+                            guidelines_id=guidelines.id if guidelines else None, status="leased",
+                            leased_at=now, expires_at=now + timedelta(seconds=settings.lease_seconds))
+    try:
+        with session.begin_nested():
+            session.add(assignment)
+    except IntegrityError:
+        # The same annotator claiming in a second tab at the same moment: give them that item.
+        return None
+    return _claim_of(session, assignment)
 
 
 def _assignment_for(session: Session, user: User, assignment_id: int) -> Assignment:
@@ -266,7 +300,8 @@ def _record(session: Session, user: User, assignment: Assignment, label: Label, 
         return existing
     if assignment.status == "skipped":
         raise UserError("You skipped this item.")
-    if assignment.expires_at <= now:
+    is_gold = bool(session.scalar(select(ItemDecision.gold).where(ItemDecision.item_id == assignment.item_id)))
+    if assignment.expires_at <= now and not is_gold:  # a gold item has no slots to lose
         if session.get_bind().dialect.name == "postgresql":
             # Lock the item as claim_next does: a claim of the freed slot that is in flight either
             # commits before the count below (which then sees it) or skips this item.
@@ -290,6 +325,8 @@ def _record(session: Session, user: User, assignment: Assignment, label: Label, 
             raise
         return existing
     assignment.status, assignment.finished_at = "done", now
+    if is_gold:
+        gold.after_label(session=session, label=label, project=session.get(Project, assignment.item.project_id))
     return label
 
 
@@ -424,6 +461,7 @@ class Progress:
     today: int
     total: int
     open_for_me: int  # items of this kind this annotator could still get
+    standing: str = "ok"  # from gold answers: ok, warned or paused (feedback/gold.py)
 
 
 def progress(*, session: Session, user: User, project: Project | int | None = None, kind: str | None = None,
@@ -440,6 +478,7 @@ def progress(*, session: Session, user: User, project: Project | int | None = No
         today=session.scalar(mine.where(Label.created_at >= start_of_day)) or 0,
         total=session.scalar(mine) or 0,
         open_for_me=session.scalar(select(func.count()).select_from(open_query.subquery())) or 0,
+        standing=gold.standing_status(session, settings.id, user.id),
     )
 
 

@@ -26,6 +26,11 @@ KTO rows come from every source: thumbs (binary labels), graders' scores on sing
 aspects is at least `rating_kto_threshold`), edits (the rewrite desirable, a changed original not)
 and, with `kto_from_pairs`, resolved pairwise labels unpaired (chosen desirable, rejected not).
 
+An item with a final answer (feedback/decisions.py: a gold answer or a reviewer's adjudication)
+trains once, in the direction of that answer, whatever the rule and however many labels it has;
+its rows are named `pairwise:gold` / `pairwise:adjudication` (thumbs likewise). A tie or both-bad
+answer, or a thumb down, trains no preference. Attention checks never train.
+
 Prompts of the val split are held out unless asked (`include_val`); a snapshot never has them.
 """
 from __future__ import annotations
@@ -42,6 +47,7 @@ from sqlalchemy.orm import Session, aliased
 from db.models import LABEL_SOURCES, Item, ItemResponse, Label, Project, Prompt, Response, SnapshotLabel
 from feedback import conversions
 from feedback.config_fields import cfg_field
+from feedback.decisions import attention_items, decisions_for, value_of
 from feedback.errors import UserError
 from feedback.reliability import Estimates, estimates_for
 
@@ -96,6 +102,14 @@ class Scope:
     include_val: bool = False
     # Rule reliability: Dawid-Skene estimates frozen with a snapshot, by label kind; None: fit now.
     estimates: dict[str, Estimates] | None = None
+    # Final answers frozen with a snapshot: item id -> (answer, origin); None: the current ones.
+    decisions: dict[int, tuple[str, str]] | None = None
+
+
+def _decisions(session: Session, scope: Scope, item_ids: Iterable[int]) -> dict[int, tuple[str, str]]:
+    if scope.decisions is not None:
+        return scope.decisions
+    return {item_id: (value_of(d), d.origin) for item_id, d in decisions_for(session, item_ids).items()}
 
 
 def _estimates(session: Session, scope: Scope, kind: str, by_item: dict[int, list[Label]]) -> Estimates:
@@ -124,7 +138,8 @@ def _resolve(values: list[str], rule: str) -> str | None:
 
 def _labels(session: Session, kind: str, scope: Scope) -> dict[int, list[Label]]:
     by_item: dict[int, list[Label]] = defaultdict(list)
-    query = select(Label).where(Label.kind == kind, Label.source.in_(scope.sources)).order_by(Label.id)
+    query = (select(Label).where(Label.kind == kind, Label.source.in_(scope.sources),
+                                 Label.item_id.not_in(attention_items())).order_by(Label.id))
     if not scope.include_val:
         train_items = select(Item.id).join(Prompt, Prompt.id == Item.prompt_id).where(Prompt.split != "val")
         query = query.where(Label.item_id.in_(train_items))
@@ -199,12 +214,18 @@ def _reliable(estimates: Estimates, item_id: int, settings: RowSettings, values:
 def _pairwise_preferences(session: Session, scope: Scope, settings: RowSettings, with_margin: bool) -> list[dict]:
     by_item = _labels(session, "pairwise", scope)
     reliability = _estimates(session, scope, "pairwise", by_item) if settings.rule == "reliability" else None
+    decided = _decisions(session, scope, by_item)
     out = []
     for item_id, messages, text_a, text_b in _pair_texts(session, by_item) if by_item else []:
         labels = by_item[item_id]
-        if reliability is not None:
+        rule, confidence = f"pairwise:{settings.rule}", None
+        if item_id in decided:  # a final answer wins over every aggregate, and trains once
+            answer, origin = decided[item_id]
+            winners, rule, confidence = ([answer] if answer in ("a", "b") else []), f"pairwise:{origin}", 1.0
+        elif reliability is not None:
             winner = _reliable(reliability, item_id, settings, ("a", "b"))
             winners = [winner] if winner else []
+            confidence = reliability.items.get(item_id, (None, 0.0))[1]
         else:
             winners = _votes(labels, settings.rule)
         for winner in winners:
@@ -212,10 +233,11 @@ def _pairwise_preferences(session: Session, scope: Scope, settings: RowSettings,
             margin = None
             if with_margin:
                 agreeing = [label for label in labels if label.choice == winner]
-                margin = sum(STRENGTH_MARGIN.get(label.strength, 0.0) for label in agreeing) / len(agreeing)
-            row = _row(messages, chosen, rejected, f"pairwise:{settings.rule}", margin)
+                margin = (sum(STRENGTH_MARGIN.get(label.strength, 0.0) for label in agreeing) / len(agreeing)
+                          if agreeing else 0.0)
+            row = _row(messages, chosen, rejected, rule, margin)
             if reliability is not None:
-                row["confidence"] = reliability.items[item_id][1]
+                row["confidence"] = confidence
             out.append(row)
     return out
 
@@ -288,7 +310,12 @@ def kto_rows(*, session: Session, scope: Scope = Scope(), settings: RowSettings 
     thumbs_rule = "majority" if settings.rule == "soft" else settings.rule
     thumbs = _labels(session, "binary", scope)
     reliability = _estimates(session, scope, "binary", thumbs) if settings.rule == "reliability" else None
+    decided = _decisions(session, scope, thumbs)
     for item_id, labels in thumbs.items():
+        if item_id in decided:
+            answer, origin = decided[item_id]
+            resolved[item_id] = (answer == "up", f"binary:{origin}")
+            continue
         verdict = (_reliable(reliability, item_id, settings, ("up", "down")) if reliability is not None
                    else _resolve([label.thumb for label in labels], thumbs_rule))
         if verdict is not None:

@@ -173,6 +173,7 @@ def test_0005_moves_existing_data_into_default_projects(empty_url):
     from alembic import command
 
     # The old schema cannot hold a rank item: downgrading says so and changes nothing.
+    command.downgrade(alembic_config(empty_url), "0005")
     with pytest.raises(RuntimeError, match="rank, rating or edit items"):
         command.downgrade(alembic_config(empty_url), "0004")
     assert current_revision(empty_url) == "0005"

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from db.models import LABEL_SOURCES, Item, Label, PolicyVersion, Project, Prompt, Response, Snapshot, SnapshotLabel
 from feedback.actors import Actor
 from feedback.config_fields import cfg_field
+from feedback.decisions import attention_items, decisions_for, value_of
 from feedback.errors import UserError
 from feedback.export import rows_for
 from feedback.reliability import Estimates, estimates_for
@@ -78,7 +79,8 @@ class SnapshotFilter:
 
 def _matching_label_ids(session: Session, f: SnapshotFilter) -> list[int]:
     train_items = select(Item.id).join(Prompt, Prompt.id == Item.prompt_id).where(Prompt.split == "train")
-    query = select(Label.id).where(Label.source.in_(f.sources), Label.item_id.in_(train_items))
+    query = select(Label.id).where(Label.source.in_(f.sources), Label.item_id.in_(train_items),
+                                   Label.item_id.not_in(attention_items()))  # checks never train
     if f.since:
         query = query.where(Label.created_at >= _aware(f.since))
     if f.until:
@@ -106,12 +108,17 @@ def create_snapshot(*, session: Session, filters: SnapshotFilter, actor: Actor) 
     label_ids = _matching_label_ids(session, filters)
     if not label_ids:
         raise UserError("No labels match that filter: nothing to train on.")
-    digest = hashlib.sha256(json.dumps({"labels": label_ids, "filters": asdict(filters)},
-                                       sort_keys=True).encode()).hexdigest()
+    decisions = _frozen_decisions(session, label_ids)
+    content: dict[str, Any] = {"labels": label_ids, "filters": asdict(filters)}
+    if decisions:  # a new final answer makes a new snapshot (without any, hashes are as before)
+        content["decisions"] = decisions
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
     existing = session.scalar(select(Snapshot).where(Snapshot.content_hash == digest))
     if existing is not None:
         return existing
     frozen = asdict(filters)
+    if decisions:  # final answers (gold, adjudicated) as they were when it was made
+        frozen["decisions"] = decisions
     if filters.rule == "reliability":  # the estimates it trains on, kept with it (they follow from the labels)
         frozen["estimates"] = _reliability_estimates(session, label_ids)
     snapshot = Snapshot(content_hash=digest, filters=frozen, n_labels=len(label_ids), created_by_id=actor.user_id)
@@ -126,6 +133,11 @@ def create_snapshot(*, session: Session, filters: SnapshotFilter, actor: Actor) 
     actor.record(session=session, action="snapshot.create", target=f"snapshot:{snapshot.id}",
                  details={"labels": len(label_ids), "hash": digest})
     return snapshot
+
+
+def _frozen_decisions(session: Session, label_ids: list[int]) -> dict[str, list[str]]:
+    item_ids = set(session.scalars(select(Label.item_id).where(Label.id.in_(label_ids))))
+    return {str(item_id): [value_of(d), d.origin] for item_id, d in sorted(decisions_for(session, item_ids).items())}
 
 
 def _reliability_estimates(session: Session, label_ids: list[int]) -> dict[str, Any]:
@@ -143,8 +155,11 @@ def rows_for_stage(*, session: Session, snapshot: Snapshot, stage: str) -> list[
     filters = SnapshotFilter(**{k: v for k, v in snapshot.filters.items() if k in known})
     frozen = snapshot.filters.get("estimates")
     estimates = {kind: Estimates.from_json(data) for kind, data in frozen.items()} if frozen else None
+    # Snapshots made before decisions existed have none: their rows are what they always were.
+    decisions = {int(k): (v[0], v[1]) for k, v in snapshot.filters.get("decisions", {}).items()}
     return rows_for(session=session, fmt=stage, settings=filters.row_settings(),
-                    scope=Scope(sources=tuple(filters.sources), snapshot_id=snapshot.id, estimates=estimates))
+                    scope=Scope(sources=tuple(filters.sources), snapshot_id=snapshot.id, estimates=estimates,
+                                decisions=decisions))
 
 
 def reference_rows(*, session: Session, split: str = "train", limit: int | None = None) -> list[dict[str, Any]]:
