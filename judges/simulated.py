@@ -13,7 +13,8 @@ and goes through the real queue: claim, look at what is shown, submit or skip. K
 
 A pool is written `kind:count[:options]`, comma-separated, e.g.
 `grader:6:noise=0.1,random:2,left:1,adversarial:1`. Simulated annotators label pairwise and
-binary projects.
+binary projects. One that the project's gold checks pause (feedback/gold.py) stops labelling there, as
+a person would.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from sqlalchemy import Engine, select
 
 from db.engine import session_scope
 from db.models import Item, Prompt, User
-from feedback import queue
+from feedback import gold, queue
 from feedback.actors import Actor
 from feedback.errors import UserError
 from feedback.projects import add_member, get_project
@@ -201,7 +202,7 @@ def run_simulation(*, engine: Engine, project: str, pool: str, labels: int, acto
         project_id, task = target.id, target.task_type
         people = _ensure_users(s, project=target, pool=annotators_spec, actor=actor)
     rng = random.Random(seed)
-    written, skipped = Counter(), Counter()
+    written, skipped, paused = Counter(), Counter(), Counter()
     active = list(people)
     while active and sum(written.values()) < labels:
         for entry in list(active):  # one claim each per turn, like people working side by side
@@ -210,6 +211,10 @@ def run_simulation(*, engine: Engine, project: str, pool: str, labels: int, acto
             user_id, kind, annotator = entry
             with session_scope(engine) as s:
                 user = s.get(User, user_id)
+                if gold.standing_status(s, project_id, user_id) == "paused":  # the gold checks caught them
+                    active.remove(entry)
+                    paused[kind] += 1
+                    continue
                 claim = queue.claim_next(session=s, user=user, project=project_id, rng=rng)  # seeded: replayable
                 if claim is None:
                     active.remove(entry)
@@ -233,5 +238,8 @@ def run_simulation(*, engine: Engine, project: str, pool: str, labels: int, acto
                     written[kind] += 1
     total = sum(written.values())
     return {"project": project, "labels": total, "by_kind": dict(written), "skipped": dict(skipped),
+            "paused": dict(paused),
             "summary": f"{total} simulated labels in {project}: "
-                       + ", ".join(f"{k} {n}" for k, n in sorted(written.items()))}
+                       + ", ".join(f"{k} {n}" for k, n in sorted(written.items()))
+                       + ("; paused by gold checks: " + ", ".join(f"{k} {n}" for k, n in sorted(paused.items()))
+                          if paused else "")}
