@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from cli import job_kinds, judging, projects, training
+from cli import job_kinds, judging, priority, projects, quality, training
 from cli.common import get_engine, read_password_stdin, run_job_inline
 from feedback.errors import UserError
 
@@ -290,6 +290,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     projects.add_commands(sub)
     judging.add_commands(sub)
+    priority.add_commands(sub)
+    quality.add_commands(sub)
     training.add_commands(sub)
 
     job_cmds = sub.add_parser("jobs", help="background jobs").add_subparsers(dest="jobs_command", required=True)

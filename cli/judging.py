@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from cli.common import get_engine, run_job_inline
-from feedback.errors import UserError
 
 
 def cmd_judge(args) -> None:
@@ -57,24 +56,6 @@ def cmd_simulate(args) -> None:
     print(result["summary"] + (f" (skipped: {result['skipped']})" if result["skipped"] else ""))
 
 
-def cmd_quality(args) -> None:
-    from db.engine import session_scope
-    from feedback.actors import CLI
-    from feedback.projects import get_project
-    from feedback.quality import annotator_table
-
-    with session_scope(get_engine(), read_only=True) as session:
-        project_id = get_project(session=session, name=args.project).id if args.project else None
-        rows = annotator_table(session=session, actor=CLI, project_id=project_id)
-    if not rows:
-        raise UserError("No pairwise or binary labels yet.")
-    columns = list(rows[0])
-    print("  ".join(f"{c:>14}" if c != "annotator" else f"{c:<24}" for c in columns))
-    for row in rows:
-        print("  ".join(f"{'-' if row[c] is None else row[c]!s:>14}" if c != "annotator" else f"{row[c]:<24}"
-                        for c in columns))
-
-
 def add_commands(sub) -> None:
     from feedback.config_fields import add_arguments
     from judges.batch import JudgeConfig
@@ -103,11 +84,6 @@ def add_commands(sub) -> None:
     p.add_argument("--labels", type=int, required=True, help="stop after this many labels (or an empty pool)")
     p.add_argument("--seed", type=int, default=0, help="the random choices' seed (noise, random annotators)")
     p.set_defaults(func=cmd_simulate)
-
-    p = sub.add_parser("quality", help="per-annotator measures: agreement, reliability (Dawid-Skene), position "
-                                       "bias, tie rate, speed")
-    p.add_argument("--project", help="only this project's labels (default: all)")
-    p.set_defaults(func=cmd_quality)
 
     p = sub.add_parser("grade", help="score items against their prompts' references with a grader")
     add_arguments(p, GradeConfig)

@@ -108,7 +108,7 @@ def item_view(*, session: Session, actor: Actor, item_id: int) -> ItemView:
     item = get_item(session, item_id)
     ra, rb = aliased(Response), aliased(Response)
     messages, text_a, text_b = session.execute(
-        select(Prompt.messages, ra.text, rb.text).join(ra, ra.id == item.response_a_id)
+        select(Prompt.messages, ra.text, rb.text).select_from(Prompt).join(ra, ra.id == item.response_a_id)
         .outerjoin(rb, rb.id == item.response_b_id).where(Prompt.id == item.prompt_id)).one()
     names = dict(session.execute(select(User.id, User.username)).all())
     labels = tuple(

@@ -81,6 +81,7 @@ def unmark_gold(*, session: Session, actor: Actor, item_id: int) -> None:
         session.delete(decision)
     else:
         decision.gold = False
+    session.flush()
     actor.record(session=session, action="decision.ungold", target=f"item:{item_id}", details={})
 
 

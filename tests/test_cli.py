@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from cli import main
 from db.engine import session_scope
-from db.models import AuditLog, Item, Label, PolicyVersion, User
+from db.models import AuditLog, Item, Label, PolicyVersion, Project, User
 from feedback.actors import CLI
 from feedback.settings import PROJECT_ROOT
 
@@ -460,3 +460,40 @@ def test_quality_command(cli_db, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["annotator", "kind", "labels"]
     assert out[1].split()[:3] == ["sim-grader-1", "pairwise", "3"]
+
+
+def test_gold_and_review_commands(cli_db, capsys):
+    from db.models import ItemDecision
+    from tests.test_simulated import arithmetic_pairs
+
+    arithmetic_pairs(cli_db, 6)
+    assert main(["gold", "attention", "--project", "default", "--count", "2", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith("2 attention checks in default")
+    assert main(["gold", "settings", "--project", "default", "--rate", "0.5", "--min-answers", "1"]) == 0
+    assert "gold rate 0.5, warn below 0.7 after 1 gold answers, pause after 2" in capsys.readouterr().out
+    assert main(["gold", "settings", "--project", "default", "--rate", "2"]) == 2
+    assert "shares, from 0 to 1" in capsys.readouterr().err
+    with session_scope(cli_db) as s:
+        s.scalar(select(Project).where(Project.name == "default")).overlap = 3
+    assert main(["simulate", "--annotators", "grader:2,random:1,adversarial:1", "--labels", "100", "--seed", "2"]) == 0
+    assert "paused by gold checks: adversarial 1" in capsys.readouterr().out
+    assert main(["gold", "standings", "--project", "default"]) == 0
+    standings = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert standings["sim-adversarial-1"] == "paused" and standings["sim-grader-1"] == "ok"
+    assert main(["gold", "lift", "--project", "default", "--user", "sim-adversarial-1"]) == 0
+    assert "may label in default again" in capsys.readouterr().out
+    assert main(["review", "list", "--project", "default"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0].split()[:2] == ["item", "reasons"]
+    disputed = int(listing[1].split()[0])
+    assert main(["review", "decide", str(disputed), "--answer", "sideways", "--note", "x"]) == 2
+    assert "not 'sideways'" in capsys.readouterr().err
+    assert main(["review", "decide", str(disputed), "--answer", "A", "--note", "checked", "--gold"]) == 0
+    assert capsys.readouterr().out.strip() == f"item {disputed} settled: a (now gold)"
+    assert main(["gold", "unmark", str(disputed)]) == 0
+    assert capsys.readouterr().out.strip() == f"item {disputed} is no longer gold"
+    with session_scope(cli_db, read_only=True) as s:
+        decision = s.get(ItemDecision, disputed)
+        assert (decision.origin, decision.choice, decision.gold) == ("adjudication", "a", False)
+    assert main(["gold", "mark", str(disputed)]) == 0  # promote the adjudicated answer again
+    assert capsys.readouterr().out.strip() == f"item {disputed} is gold, answer a"
