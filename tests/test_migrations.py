@@ -135,6 +135,9 @@ def test_0005_moves_existing_data_into_default_projects(empty_url):
                 assert project.policy_version_ids == [ids["policy"]]
                 assert project.aspects == [] and project.created_at.tzinfo is not None
             assert s.get(Item, ids["pair"]).project_id == default.id
+            # 0006: no gold served, oldest first, every item at key 0 (behaviour as before it).
+            assert (default.gold_rate, default.gold_min_answers, default.queue_order) == (0.0, 5, "oldest")
+            assert s.get(Item, ids["pair"]).queue_key == 0.0
             assert s.get(Item, ids["single"]).project_id == binary.id
             members = {(m.project_id, m.user_id) for m in s.scalars(select(ProjectMember))}
             assert members == {(default.id, ids["user"]), (binary.id, ids["user"])}

@@ -188,10 +188,23 @@ def test_every_stage_has_a_documented_config(name):
     ({"loss_type": "robust", "label_smoothing": 0.5}, "robust"),
     ({"ld_alpha": 1.5}, "ld_alpha"),
     ({"beta": 0.0}, "beta"),
+    ({"smooth_by_confidence": True}, "use loss_type 'robust'"),
 ])
 def test_dpo_rejects_bad_combinations(settings, match):
     with pytest.raises(UserError, match=match):
         STAGES.get("dpo").config(**settings)
+
+
+def test_dpo_label_smoothing_from_the_rows_confidence():
+    from training.stages.dpo import label_smoothing_for
+
+    config = STAGES.get("dpo").config
+    rows = [{"confidence": 0.9}, {"confidence": 0.7}, {"confidence": None}]
+    assert label_smoothing_for(config(loss_type="robust", label_smoothing=0.2), rows) == 0.2  # as configured
+    assert label_smoothing_for(config(loss_type="robust", smooth_by_confidence=True), rows) == 0.2  # (0.1 + 0.3) / 2
+    assert label_smoothing_for(config(loss_type="robust", smooth_by_confidence=True), [{"confidence": 0.3}]) == 0.49
+    with pytest.raises(UserError, match="rule 'reliability'"):
+        label_smoothing_for(config(loss_type="robust", smooth_by_confidence=True), [{"prompt": []}])
 
 
 @pytest.mark.train

@@ -4,7 +4,11 @@ loss variants that suit human and AI-judge labels:
 - sigmoid: the DPO paper's loss.
 - ipo:     squared loss towards a fixed margin 1/(2*beta); does not overfit deterministic labels.
 - hinge:   SLiC's hinge on the reward margin.
-- robust:  DPO that assumes a share `label_smoothing` of the labels is flipped (noisy annotators).
+- robust:  DPO that assumes a share `label_smoothing` of the labels is flipped (noisy annotators);
+           with `smooth_by_confidence` that share is read off the rows themselves: the mean of
+           1 - confidence, where confidence is Dawid-Skene's posterior for each row's label (rows of a
+           snapshot under rule `reliability`, feedback/rows.py). TRL's losses take one smoothing for the
+           whole dataset, not one per row, so this is the snapshot's expected flip rate.
 
 `ld_alpha` (LD-DPO) down-weights the part of the longer response beyond the shorter one's length,
 against DPO's bias towards longer answers. The reference policy is the base model, or base + the
@@ -32,6 +36,8 @@ class DPOStageConfig(CommonConfig):
                                  "For ipo it is the regulariser tau; the target log-ratio margin is 1/(2*beta).")
     label_smoothing: float = cfg_field(0.0, "robust only: the assumed probability that a label is flipped, in "
                                             "[0, 0.5); e.g. the annotators' disagreement rate. 0 for other losses.")
+    smooth_by_confidence: bool = cfg_field(False, "robust only: set label_smoothing to the rows' mean 1 - "
+                                                  "confidence (Dawid-Skene; snapshot rule reliability).")
     ld_alpha: float | None = cfg_field(None, "LD-DPO length desensitisation in [0, 1]: weight of the tokens of the "
                                              "longer response beyond the shorter one's length (None: off, plain DPO; "
                                              "1.0 equals off; 0.0 ignores them).")
@@ -46,18 +52,37 @@ class DPOStageConfig(CommonConfig):
         if self.loss_type != "robust" and self.label_smoothing != 0.0:
             raise UserError(f"dpo: label_smoothing only applies to loss_type 'robust' (got {self.loss_type!r} "
                             f"with label_smoothing={self.label_smoothing}); set it to 0 or use robust.")
+        if self.smooth_by_confidence and self.loss_type != "robust":
+            raise UserError("dpo: smooth_by_confidence sets robust DPO's label_smoothing; use loss_type 'robust'.")
         if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
             raise UserError(f"dpo: ld_alpha must be in [0, 1] or None (got {self.ld_alpha}).")
+
+
+MAX_SMOOTHING = 0.49  # robust DPO divides by 1 - 2 * label_smoothing
+
+
+def label_smoothing_for(cfg: DPOStageConfig, rows: list[dict]) -> float:
+    """The label smoothing to train with: the configured one, or the rows' mean 1 - confidence."""
+    if not cfg.smooth_by_confidence:
+        return cfg.label_smoothing
+    confidences = [row["confidence"] for row in rows if row.get("confidence") is not None]
+    if not confidences:
+        raise UserError("dpo: smooth_by_confidence needs rows with a confidence: train on a snapshot made with "
+                        "rule 'reliability'.")
+    return round(min(MAX_SMOOTHING, max(0.0, sum(1 - c for c in confidences) / len(confidences))), 4)
 
 
 def main(cfg: DPOStageConfig, inputs: StageInputs) -> StageResult:
     from trl import DPOConfig, DPOTrainer
 
-    return run_trl_stage(
+    smoothing = label_smoothing_for(cfg, inputs.train_rows)
+    result = run_trl_stage(
         cfg, inputs, name="dpo", config_class=DPOConfig, trainer_class=DPOTrainer,
         columns={"prompt", "chosen", "rejected"}, log_keys=LOG_KEYS, reference=KLReference(),
         config_kwargs={"max_length": cfg.max_length, "loss_type": [cfg.loss_type], "beta": cfg.beta,
-                       "label_smoothing": cfg.label_smoothing, "ld_alpha": cfg.ld_alpha})
+                       "label_smoothing": smoothing, "ld_alpha": cfg.ld_alpha})
+    result.metrics["label_smoothing"] = smoothing
+    return result
 
 
 STAGE = Stage(config=DPOStageConfig, main=main)
