@@ -20,6 +20,7 @@ Several labels on one item are resolved by `rule` (a RowSettings field, recorded
   annotator by how reliable the labels show them to be: one row per item in the aggregated
   direction, with its `confidence`, and items below `min_confidence` left out. A snapshot freezes
   the estimates with its labels. Rank and rating labels resolve by majority under this rule.
+  (DPO's `smooth_by_confidence`, training/stages/dpo.py, smooths its loss by these confidences.)
 
 KTO rows come from every source: thumbs (binary labels), graders' scores on single responses
 (desirable when the score is at least `kto_threshold`), ratings (desirable when the mean of the
