@@ -43,7 +43,8 @@ else:
         "Overview": [st.Page("pages/home.py", title="Home", icon=":material/home:")],
     }
     if user.role in ("reviewer", "admin"):
-        sections["Overview"].append(st.Page("pages/labels.py", title="Labels", icon=":material/table:"))
+        sections["Overview"] += [st.Page("pages/labels.py", title="Labels", icon=":material/table:"),
+                                 st.Page("pages/review.py", title="Review", icon=":material/rule:")]
     if user.role == "admin":
         sections["Admin"] = [
             st.Page("pages/projects.py", title="Projects", icon=":material/folder_open:"),

@@ -40,7 +40,7 @@ from db.models import (
 )
 from feedback import conversions, gold
 from feedback.actors import Actor, require_role
-from feedback.decisions import gold_items
+from feedback.decisions import decided_items, gold_items
 from feedback.errors import UserError
 from feedback.projects import current_guidelines, default_project, require_member
 from feedback.tags import has_any_tag
@@ -103,10 +103,11 @@ def _taken_slots(item_id, now: datetime):
 
 def open_items_query(*, settings: Project, now: datetime, dialect: str, user_id: int | None = None):
     """The project's items that still need an annotator (and, with `user_id`, that this one has
-    not had). `settings` is the project: its queue settings are its own columns. Gold items are
-    not among them: they are handed out at the project's gold rate instead, to everyone."""
+    not had). `settings` is the project: its queue settings are its own columns. Items with a
+    final answer are not among them: an adjudicated one needs no more labels, and gold ones are
+    handed out at the project's gold rate instead, to everyone."""
     query = select(Item.id).where(Item.project_id == settings.id, _taken_slots(Item.id, now) < settings.overlap,
-                                  Item.id.not_in(gold_items(settings.id)))
+                                  Item.id.not_in(decided_items(settings.id)))
     if user_id is not None:
         mine = select(Assignment.id).where(Assignment.item_id == Item.id, Assignment.user_id == user_id)
         query = query.where(~exists(mine))

@@ -25,6 +25,7 @@ from feedback.config_fields import cfg_field
 from feedback.errors import UserError
 from feedback.policies import active_policy, policy_by_name
 from feedback.policy import Completion, PolicyClient, SamplingParams, client_for
+from feedback.priority import new_item_key
 from feedback.projects import get_project
 from feedback.tags import has_any_tag
 
@@ -168,8 +169,9 @@ def record_samples(
     kind = ITEM_KIND[project.task_type]
 
     def item(a: Response, b: Response | None = None) -> Item:
+        # A key among the reordered ones: random in a random project, the middle in an uncertainty one.
         made = Item(kind=kind, project_id=project.id, prompt_id=prompt.id, response_a_id=a.id,
-                    response_b_id=b.id if b else None, job_id=job_id)
+                    response_b_id=b.id if b else None, job_id=job_id, queue_key=new_item_key(project.queue_order))
         session.add(made)
         return made
 

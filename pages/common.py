@@ -74,6 +74,10 @@ def pool_note(*, open_for_me: int, refilling: bool) -> None:
         st.info("Nothing left for you to label. Thank you! An admin can sample more on the Data page.")
 
 
+WARNED = ("Some of your recent answers on check items disagreed with their known answers; "
+          "please re-read the guidelines.")
+
+
 def claim_or_wait(*, engine: Engine, user: User, project: Project, noun: str):
     """The annotator's current item in `project` (with progress shown above it), or None after
     showing why there is none. Starts a refill of this project when its pool runs low."""
@@ -87,7 +91,7 @@ def claim_or_wait(*, engine: Engine, user: User, project: Project, noun: str):
             claim = queue.claim_next(session=s, user=me, project=project.id)
             progress = queue.progress(session=s, user=me, project=project.id)
             refilling = refill_running(session=s, project=project)
-    except UserError as exc:  # not (or no longer) a member of this project
+    except UserError as exc:  # not (or no longer) a member of this project, or paused on it
         st.error(str(exc))
         return None
     if claim is None or progress.open_for_me < 5:
@@ -96,6 +100,8 @@ def claim_or_wait(*, engine: Engine, user: User, project: Project, noun: str):
     left = progress.open_for_me + (claim is not None)
     st.caption(f"You: {progress.today} today, {progress.total} in all · "
                f"{left} {noun.removesuffix('s') if left == 1 else noun} left for you in {project.name}")
+    if progress.standing == "warned":  # never say which items were the checks
+        st.warning(WARNED)
     # Poll (the fragment's run_every) only while waiting for new items; switching polling on or
     # off needs a full rerun, since run_every is read when the page script runs.
     if (claim is None) != st.session_state.get(waiting_key, False):
@@ -105,6 +111,22 @@ def claim_or_wait(*, engine: Engine, user: User, project: Project, noun: str):
         pool_note(open_for_me=0, refilling=refilling)
         st.button("Check again")
     return claim
+
+
+def annotator_measures(user: User, project_id: int | None) -> None:
+    """The per-annotator measures (feedback.quality) of one project, or of all with None, as a
+    table with what its columns mean."""
+    import pandas as pd
+
+    from feedback.quality import TOO_FAST_S, annotator_table
+
+    st.caption("People, the AI judge and graders alike. agree_others: share of agreeing label pairs on the same "
+               "item; agree_majority: against the majority of the other labels; reliability: Dawid-Skene's expected "
+               "accuracy; gold_accuracy: share of gold answers matched (of gold_n); left_wins: share of A/B choices "
+               f"for the left side (0.5 = no position bias); too_fast: labels under {TOO_FAST_S:g} s.")
+    with session_scope(get_engine(), read_only=True) as s:
+        measures = annotator_table(session=s, actor=Actor.signed_in(user), project_id=project_id)
+    st.dataframe(pd.DataFrame(measures), hide_index=True, width="stretch")
 
 
 def poll_while_waiting(project: Project) -> str | None:

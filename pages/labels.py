@@ -6,10 +6,8 @@ import streamlit as st
 from db.engine import session_scope
 from db.models import LABEL_KINDS
 from feedback import browse
-from feedback.actors import Actor
 from feedback.projects import all_projects
-from feedback.quality import TOO_FAST_S, annotator_table
-from pages.common import get_engine, require_page_role
+from pages.common import annotator_measures, get_engine, require_page_role
 
 me = require_page_role("reviewer", "admin")
 st.title("Recent labels")
@@ -26,10 +24,4 @@ with session_scope(get_engine(), read_only=True) as s:
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 st.subheader("Annotators")
-st.caption("People, the AI judge and graders alike. agree_others: share of agreeing label pairs on the same item; "
-           "agree_majority: against the majority of the other labels; reliability: Dawid-Skene's expected accuracy; "
-           f"left_wins: share of A/B choices for the left side (0.5 = no position bias); too_fast: labels under "
-           f"{TOO_FAST_S:g} s.")
-with session_scope(get_engine(), read_only=True) as s:
-    measures = annotator_table(session=s, actor=Actor.signed_in(me), project_id=project_id)
-st.dataframe(pd.DataFrame(measures), hide_index=True, width="stretch")
+annotator_measures(me, project_id)

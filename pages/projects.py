@@ -1,12 +1,13 @@
 """Admin: labelling projects. Create one (task type, K, aspects, who may label, guidelines); for
-the project chosen below, edit its guidelines (each save is a new version), its members and its
-queue settings. Every action goes through feedback.projects or feedback.queue, which check the
-role again."""
+the project chosen below, edit its guidelines (each save is a new version), its members, its
+queue settings and its gold checks. Every action goes through feedback.projects, feedback.queue
+or feedback.gold, which check the role again."""
 import pandas as pd
 import streamlit as st
 
 from db.engine import session_scope
-from feedback import queue
+from db.models import QUEUE_ORDERS
+from feedback import gold, queue
 from feedback.actors import Actor
 from feedback.conversions import DEFAULT_ASPECTS
 from feedback.errors import UserError
@@ -91,7 +92,7 @@ chosen = st.selectbox("Manage project", list(by_name), key="manage_project")
 if chosen is None:
     st.stop()
 project = by_name[chosen]
-tab_guidelines, tab_members, tab_queue = st.tabs(["Guidelines", "Members", "Queue"])
+tab_guidelines, tab_members, tab_queue, tab_gold = st.tabs(["Guidelines", "Members", "Queue", "Gold checks"])
 
 with tab_guidelines:
     current = versions[project.id]
@@ -136,11 +137,33 @@ with tab_queue:
         chosen_versions = st.multiselect("Only responses from these policy versions (empty: all)", list(policies),
                                          default=[v for v in project.policy_version_ids if v in policies],
                                          format_func=policies.get)
-        c1, c2 = st.columns(2)
+        c1, c2, c3 = st.columns(3)
         refill_below = c1.number_input("Refill when fewer open items than", 0, 10_000, project.refill_below)
         refill_prompts = c2.number_input("Prompts sampled per refill", 1, 1_000, project.refill_prompts)
+        order = c3.selectbox("Queue order", QUEUE_ORDERS, index=QUEUE_ORDERS.index(project.queue_order),
+                             help="Which open item goes out first: the oldest, a random one, or the one whose "
+                                  "labels so far are least certain.")
         if st.form_submit_button("Save", type="primary"):
             if run(queue.update_queue_settings, project=project.name, overlap=int(overlap), lease_seconds=int(lease),
                    prompt_tags=tags.split(","), policy_version_ids=chosen_versions,
-                   refill_below=int(refill_below), refill_prompts=int(refill_prompts)):
+                   refill_below=int(refill_below), refill_prompts=int(refill_prompts), queue_order=order):
                 done(f"Saved the queue settings of {project.name}.")
+
+with tab_gold:
+    if project.task_type not in gold.ATTENTION_TASKS:
+        st.caption("Gold items and attention checks are for pairwise and binary projects.")
+    else:
+        st.caption("Reviewers mark gold items and settle disputes on the Review page. Annotators get gold items "
+                   "unannounced; those whose answers on them fall below the minimum are warned, then paused.")
+        with st.form(f"gold-{project.id}"):
+            c1, c2, c3 = st.columns(3)
+            rate = c1.number_input("Gold rate: share of claims that are a gold item", 0.0, 1.0,
+                                   float(project.gold_rate), step=0.05)
+            accuracy = c2.number_input("Minimum accuracy on gold items", 0.0, 1.0, float(project.gold_min_accuracy),
+                                       step=0.05)
+            answers = c3.number_input("Gold answers before a warning (twice as many: a pause)", 1, 1_000,
+                                      project.gold_min_answers)
+            if st.form_submit_button("Save gold settings", type="primary"):
+                if run(gold.update_gold_settings, project=project.name, gold_rate=rate, gold_min_accuracy=accuracy,
+                       gold_min_answers=int(answers)):
+                    done(f"Saved the gold settings of {project.name}.")

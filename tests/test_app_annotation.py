@@ -25,6 +25,7 @@ PAGES = {
     "pages/annotate_binary.py": ("Rate a response", ()),
     "pages/home.py": ("Preference data", ("annotator", "reviewer", "admin")),
     "pages/labels.py": ("Recent labels", ("reviewer", "admin")),
+    "pages/review.py": ("Review", ("reviewer", "admin")),
     "pages/data.py": ("Data", ("admin",)),
     "pages/projects.py": ("Projects", ("admin",)),
     "pages/users.py": ("Users", ("admin",)),

@@ -16,7 +16,20 @@ from sqlalchemy import select
 
 from db.engine import make_engine, session_scope
 from db.migrate import upgrade
-from db.models import Assignment, Guidelines, Item, ItemResponse, Label, Project, Prompt, Response, User, utcnow
+from db.models import (
+    Assignment,
+    AuditLog,
+    Guidelines,
+    Item,
+    ItemDecision,
+    ItemResponse,
+    Label,
+    Project,
+    Prompt,
+    Response,
+    User,
+    utcnow,
+)
 from feedback.actors import CLI
 from feedback.conversions import edit_distance
 from feedback.export import export_rows
@@ -38,7 +51,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SHOTS = Path("/tmp/shots")
 PASSWORDS = {"ann": "annotator-pw", "root": "admin-password", "eve": "fresh-annotator-pw",
-             "bob": "bob-annotator-pw", "cat": "cat-annotator-pw"}
+             "bob": "bob-annotator-pw", "cat": "cat-annotator-pw", "rev": "reviewer-pw"}
 TIMEOUT_MS = 15_000
 
 # Four ordinary pairs and two single responses, with texts the test can find on the page.
@@ -107,7 +120,7 @@ def _seed(url: str) -> None:
             v0 = ensure_base_policy(session=s, actor=CLI)
             users = {name: create_user(session=s, username=name, role=role, password=PASSWORDS[name], actor=CLI)
                      for name, role in (("ann", "annotator"), ("root", "admin"), ("eve", "annotator"),
-                                        ("bob", "annotator"), ("cat", "annotator"))}
+                                        ("bob", "annotator"), ("cat", "annotator"), ("rev", "reviewer"))}
             # Refills would start a real sampling worker; the items are seeded here instead.
             set_queue(s, kind='pair', overlap=1, refill_below=0)
             set_queue(s, kind='single', overlap=1, refill_below=0)
@@ -618,6 +631,91 @@ def test_annotator_rewrites_a_response(page, app_server):
         assert [r["completion"][0]["content"] for r in rows] == [rewrite]
         assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in pairs] == \
             [(rewrite, original)]
+    finally:
+        engine.dispose()
+    assert page.outside_requests == []
+
+
+# A pair two annotators and the AI judge disagree on, in a project nobody is served from.
+DISPUTE = ("At what temperature does water boil at sea level?",
+           "At sea level water boils at 100 °C (212 °F).",
+           "Water boils at 90 °C at sea level; see [the chart](http://127.0.0.1:9/chart).")
+
+
+def test_reviewer_settles_a_dispute(page, app_server):
+    """A reviewer opens Review, picks the project, reads the disputed pair and its labels, and
+    settles it with an answer, a note and a gold mark; the decision and its audit row are stored."""
+    base, url = app_server
+    engine = make_engine(url)
+    try:
+        with session_scope(engine) as s:
+            v0 = ensure_base_policy(session=s, actor=CLI)
+            project = create_project(session=s, actor=CLI, name="disputed", task_type="pairwise")
+            set_queue(s, project=project, refill_below=0)
+            question, a, b = DISPUTE
+            prompt = _prompt(s, question)
+            ra, rb = (Response(prompt_id=prompt.id, policy_version_id=v0.id, text=t, params={}) for t in (a, b))
+            s.add_all([ra, rb])
+            s.flush()
+            item = Item(kind="pair", project_id=project.id, prompt_id=prompt.id, response_a_id=ra.id,
+                        response_b_id=rb.id)
+            s.add(item)
+            s.flush()
+            item_id = item.id
+            users = dict(s.execute(select(User.username, User.id)).all())
+            s.add_all([
+                Label(item_id=item_id, kind="pairwise", choice="a", source="human", user_id=users["ann"],
+                      shown_order="ab", submission_id="dispute-ann", rationale="B gets the temperature wrong."),
+                Label(item_id=item_id, kind="pairwise", choice="b", source="human", user_id=users["bob"],
+                      shown_order="ba", submission_id="dispute-bob"),
+                Label(item_id=item_id, kind="pairwise", choice="a", source="judge", producer="local:smollm2",
+                      submission_id="dispute-judge", rationale="A is correct."),
+            ])
+    finally:
+        engine.dispose()
+
+    page.set_viewport_size({"width": 1400, "height": 1300})  # the whole page in docs/review.png
+    sign_in(page, base, "rev")
+    page.get_by_test_id("stSidebar").get_by_role("link", name="Review", exact=True).click()
+    expect(page.get_by_role("heading", name="Review", exact=True)).to_be_visible()
+    settled(page)
+    page.get_by_test_id("stMain").get_by_test_id("stSelectbox").first.click()
+    page.get_by_role("option", name="disputed · pairwise").click()
+    settled(page)
+    expect(page.get_by_text("1 disputed item,")).to_be_visible()
+    expect(response_box(page, "Response A")).to_contain_text(DISPUTE[1])
+    assert response_box(page, "Response B").locator("a").count() == 0  # the model's link stays text
+    page.get_by_text("A is better", exact=True).click()
+    page.get_by_label(re.compile(r"^Note \(required")).fill("A is right: 100 °C at sea level; B is wrong.")
+    page.get_by_text(re.compile(r"^Make it gold")).click()
+    expect(page.get_by_role("checkbox", name=re.compile(r"^Make it gold"))).to_be_checked()
+    page.screenshot(path=str(DOCS / "review.png"), full_page=True)
+    page.get_by_role("button", name="Settle", exact=True).click()
+    expect(page.get_by_text(f"Settled item {item_id}: A is better, now gold.")).to_be_visible()
+    expect(page.get_by_text("No disputed items in disputed")).to_be_visible()
+    settled(page)
+    # Settled and gold: the Gold tab counts it; the Annotators tab has no admin buttons for a reviewer.
+    page.get_by_role("tab", name="Gold").click()
+    expect(page.get_by_test_id("stMetric").filter(has_text="Settled and gold")).to_contain_text("1")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "review-gold.png"), full_page=True)
+    page.get_by_role("tab", name="Annotators").click()
+    expect(page.get_by_role("heading", name="Standings from gold answers")).to_be_visible()
+    expect(page.get_by_role("button", name="Lift pause")).to_have_count(0)
+    measures = page.get_by_test_id("stTabPanel").filter(visible=True).get_by_test_id("stDataFrame")
+    expect(measures).to_have_count(1)  # no standings yet (a sentence says so); the annotators' measures
+    expect(measures).to_be_visible()
+    page.screenshot(path=str(SHOTS / "review-annotators.png"), full_page=True)
+
+    engine = make_engine(url)
+    try:
+        with session_scope(engine, read_only=True) as s:
+            decision = s.get(ItemDecision, item_id)
+            audit = s.scalar(select(AuditLog).where(AuditLog.action == "decision.adjudication",
+                                                    AuditLog.target == f"item:{item_id}"))
+            assert (decision.origin, decision.choice, decision.gold) == ("adjudication", "a", True)
+            assert decision.note == "A is right: 100 °C at sea level; B is wrong."
+            assert audit.actor == "app:rev"
     finally:
         engine.dispose()
     assert page.outside_requests == []

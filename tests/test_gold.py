@@ -328,3 +328,13 @@ def test_gold_labels_train_once_and_judges_are_measured_on_gold(engine, people):
         assert [r["rule"] for r in rows] == ["pairwise:gold"]  # four labels, one row
         table = {r["annotator"]: r for r in annotator_table(session=s, actor=CLI)}
         assert table["local:tiny"]["gold_accuracy"] == 0.0 and table["ann000"]["gold_accuracy"] == 1.0
+
+
+def test_a_settled_item_needs_no_more_labels(engine, people):
+    with session_scope(engine) as s:
+        ids = make_items(s, pairs=2)
+        set_queue(s, overlap=3)
+        adjudication.adjudicate(session=s, actor=as_actor(s, people["reviewer"]), item_id=ids[0], answer="a",
+                                note="obvious")
+        assert queue.open_item_count(session=s) == 1
+    assert [label_next(engine, people["annotators"][0], "left") for _ in range(2)] == [ids[1], None]
