@@ -42,13 +42,15 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 ROLES = ("annotator", "reviewer", "admin")
 SPLITS = ("train", "val")
-POLICY_STATUSES = ("candidate", "active", "retired", "rejected")
+# "external": a model outside this app whose responses came in through an import or the API.
+POLICY_STATUSES = ("candidate", "active", "retired", "rejected", "external")
 # A project's task type decides the item kind it samples, the page that shows it and the label
 # kind a person gives (feedback/projects.py: TASKS).
 TASK_TYPES = ("pairwise", "binary", "rank", "rating", "edit")
 ITEM_KINDS = ("pair", "single", "rank", "rating", "edit")
 LABEL_KINDS = ("pairwise", "binary", "score", "rank", "rating", "edit")
-LABEL_SOURCES = ("human", "judge", "grader")
+# "imported": a label from an existing preference dataset (its file is in the label's provenance).
+LABEL_SOURCES = ("human", "judge", "grader", "imported")
 PAIRWISE_CHOICES = ("a", "b", "tie", "both_bad")
 STRENGTHS = ("slight", "much")
 THUMB_VALUES = ("up", "down")
@@ -56,6 +58,7 @@ SHOWN_ORDERS = ("ab", "ba")
 ASSIGNMENT_STATUSES = ("leased", "done", "skipped")
 JUDGMENT_OUTCOMES = ("a", "b", "tie", "inconsistent", "failed")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
 # How a project orders its open items (feedback/priority.py): by id, at random, or most uncertain first.
 QUEUE_ORDERS = ("oldest", "random", "uncertainty")
 # Where an item's final answer came from: a reviewer marking it gold, a reviewer settling a
@@ -346,6 +349,8 @@ class Item(Base):
         Index("ix_items_project_id_id", "project_id", "id"),
         # Projects ordered by uncertainty or at random walk this one instead (feedback/priority.py).
         Index("ix_items_project_id_queue_key", "project_id", "queue_key", "id"),
+        # A record pushed through the API twice (same client id) is one item.
+        UniqueConstraint("project_id", "client_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -358,6 +363,8 @@ class Item(Base):
     # Claims hand out the lowest key first (then the lowest id): 0 for every item of an "oldest"
     # project; a random number, or 1 - uncertainty, otherwise (feedback/priority.py).
     queue_key: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    # The caller's id for an item pushed through the API (None for sampled items).
+    client_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     prompt: Mapped[Prompt] = relationship()
@@ -534,6 +541,62 @@ class AnnotatorStanding(Base):
     counted_from: Mapped[datetime | None] = mapped_column(UTCDateTime())
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     changed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
+class ApiToken(Base):
+    """A token for the HTTP API; it acts as its user, with the user's role. Only the sha256 of the
+    token is stored (it is shown once, when made); `prefix` is its first characters, to tell
+    tokens apart in listings."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64), default="")
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Webhook(Base):
+    """A URL that receives signed JSON POSTs for the events it subscribes to. Its signing secret
+    is not stored: it is derived from the server's secret key and the webhook's id."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    description: Mapped[str] = mapped_column(Text, default="")
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook: pending until delivered or out of retries; the delivery log."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint(_in("status", DELIVERY_STATUSES), name="status"),
+        Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id"), index=True)
+    event: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class SignInFailure(Base):
