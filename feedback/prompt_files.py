@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +26,16 @@ class RowInvalid(ValueError):
     """One row is bad; the message is the short reason shown to the user."""
 
 
-def read_rows(path: Path, *, max_bytes: int, max_rows: int) -> Iterator[tuple[int, dict | Exception]]:
+def read_rows(path: Path, *, max_bytes: int, max_rows: int,
+              header_needs: Sequence[str] = ("prompt", "messages")) -> Iterator[tuple[int, dict | Exception]]:
     """(line or row number, raw row) for each row of `path`; a row that cannot be read at all
     comes as an Exception in place of the dict, so the other rows are still checked.
 
     Numbers are 1-based: file lines for JSON Lines and CSV, rows for parquet and datasets
     (counted across the splits of a DatasetDict). The format, existence and size are checked
     now; too many rows raises UserError while iterating, before any row is inserted.
+    A CSV header must name one of `header_needs` (empty: any header; feedback/imports/ tells
+    the formats apart by their columns itself).
     """
     path = Path(path)
     kind = format_of(path)
@@ -44,7 +47,9 @@ def read_rows(path: Path, *, max_bytes: int, max_rows: int) -> Iterator[tuple[in
             f"{path.name} is {size:,} bytes; the import limit is {max_bytes:,} bytes (IMPORT_MAX_BYTES). "
             "Split it into smaller files."
         )
-    reader = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet, "dataset": _read_dataset}[kind]
+    if kind == "csv":
+        return _read_csv(path, max_rows=max_rows, header_needs=tuple(header_needs))
+    reader = {"jsonl": _read_jsonl, "parquet": _read_parquet, "dataset": _read_dataset}[kind]
     return reader(path, max_rows=max_rows)
 
 
@@ -102,7 +107,8 @@ def _read_jsonl(path: Path, *, max_rows: int) -> Iterator[tuple[int, dict | Exce
             yield number, obj
 
 
-def _read_csv(path: Path, *, max_rows: int) -> Iterator[tuple[int, dict | Exception]]:
+def _read_csv(path: Path, *, max_rows: int,
+              header_needs: tuple[str, ...] = ("prompt", "messages")) -> Iterator[tuple[int, dict | Exception]]:
     data = path.read_bytes()  # already known to be under IMPORT_MAX_BYTES
     try:
         text = data.decode("utf-8-sig")  # accept the BOM that spreadsheet programs write
@@ -133,10 +139,11 @@ def _read_csv(path: Path, *, max_rows: int) -> Iterator[tuple[int, dict | Except
         if header is None:
             # Spreadsheets like "Prompt"; match columns case-insensitively.
             header = [c.strip().lower() for c in cells]
-            if "prompt" not in header and "messages" not in header:
+            if header_needs and not set(header_needs) & set(header):
+                wanted = " or ".join(repr(h) for h in header_needs)
                 raise UserError(
-                    f"{path.name}: the first row must be a header with a 'prompt' or 'messages' column "
-                    f"(found: {', '.join(repr(h) for h in header)})."
+                    f"{path.name}: the first row must be a header with a {wanted} column "
+                    f"(found: {', '.join(repr(h[:40]) for h in header[:20])}{' ...' if len(header) > 20 else ''})."
                 )
             continue
         rows += 1

@@ -12,7 +12,9 @@ The error rule:
 - on_error="skip": the good rows are inserted and every bad row is reported.
 - Duplicates are never errors. A prompt whose content hash is already in the database, or that
   appeared earlier in the same file, is counted in `duplicates` and skipped (the first copy wins;
-  a later copy's tags or split do not update it).
+  a later copy's tags or split do not update it). One exception, when asked
+  (`update_references=True`): a stored prompt whose row brings a different reference gets that
+  reference (counted in `updated`); without it such rows are counted in `stale_references`.
 - Problems with the file as a whole (unknown format, over IMPORT_MAX_BYTES or IMPORT_MAX_ROWS,
   a CSV without a prompt/messages column, an unreadable parquet file) raise UserError.
 
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Any, Literal
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import SPLITS, Prompt
@@ -61,6 +63,8 @@ class RowError:
 class ImportReport:
     inserted: int = 0
     duplicates: int = 0  # already in the database, or repeated within the file
+    updated: int = 0  # stored prompts given the row's new reference (update_references=True)
+    stale_references: int = 0  # stored prompts whose row brings another reference, left as they are
     errors: list[RowError] = field(default_factory=list)
     # True when the good rows were written to the session (the caller's transaction commits them);
     # False when an abort-mode import found bad rows and wrote nothing.
@@ -74,11 +78,18 @@ class ImportReport:
         if not self.committed:
             return f"Nothing imported: {bad}. Fix them, or choose to skip bad rows."
         parts = [f"Imported {_plural(self.inserted, 'prompt')}"]
+        if self.updated:
+            parts.append(f"updated {_plural(self.updated, 'reference')}")
         if self.duplicates:
             parts.append(f"skipped {_plural(self.duplicates, 'duplicate')}")
         if bad:
             parts.append(f"skipped {bad}")
-        return ", ".join(parts) + "."
+        stale = ""
+        if self.stale_references:
+            it = "it" if self.stale_references == 1 else "them"
+            stale = (f" The file gives {_plural(self.stale_references, 'stored prompt')} another reference, "
+                     f"not applied (`python -m feedback import FILE --update` applies {it}).")
+        return ", ".join(parts) + "." + stale
 
 
 @dataclass(frozen=True)
@@ -298,9 +309,12 @@ def import_prompt_rows(
     val_fraction: float = 0.1,
     settings: Settings | None = None,
     what: str | None = None,
+    update_references: bool = False,
 ) -> ImportReport:
     """Import (where, raw row) pairs; an Exception in place of a row is a read error for it.
-    `what` names the input in the audit log (default: the source).
+    `what` names the input in the audit log (default: the source). With `update_references`,
+    a row whose prompt is stored already replaces that prompt's reference when it brings a
+    different one (a row without a reference changes nothing).
 
     Everything is read and checked before the first insert, which is what makes abort mode
     all-or-nothing. Rows are flushed into `session`, not committed.
@@ -332,8 +346,15 @@ def import_prompt_rows(
         else:
             good[row.content_hash] = row
 
-    existing = _existing_hashes(session, list(good))
-    report.duplicates += len(existing)
+    existing = _existing_references(session, list(good))
+    changed = {h: (prompt_id, good[h].reference) for h, (prompt_id, reference) in existing.items()
+               if good[h].reference is not None and good[h].reference != reference}
+    if update_references:
+        report.updated = len(changed)
+        report.duplicates += len(existing) - len(changed)
+    else:
+        report.stale_references = len(changed)
+        report.duplicates += len(existing)
     if report.errors and on_error == "abort":
         return report  # committed=False, nothing written
 
@@ -352,19 +373,27 @@ def import_prompt_rows(
     ]
     for i in range(0, len(new), INSERT_CHUNK):
         session.execute(insert(Prompt), new[i : i + INSERT_CHUNK])
+    updates = [{"id": prompt_id, "reference": reference} for prompt_id, reference in changed.values()]
+    if update_references and updates:
+        for i in range(0, len(updates), INSERT_CHUNK):
+            session.execute(update(Prompt), updates[i : i + INSERT_CHUNK])  # by primary key
     session.flush()
     report.inserted = len(new)
     report.committed = True
     actor.record(session=session, action="prompts.import", target=(what or source or "rows")[:128],
-                 details={"inserted": report.inserted, "duplicates": report.duplicates, "errors": len(report.errors)})
+                 details={"inserted": report.inserted, "duplicates": report.duplicates, "errors": len(report.errors),
+                          **({"references_updated": report.updated} if report.updated else {})})
     return report
 
 
-def _existing_hashes(session: Session, hashes: list[str]) -> set[str]:
-    found: set[str] = set()
+def _existing_references(session: Session, hashes: list[str]) -> dict[str, tuple[int, str | None]]:
+    """content hash -> (id, reference) of the stored prompts among `hashes`."""
+    found: dict[str, tuple[int, str | None]] = {}
     for i in range(0, len(hashes), HASH_CHUNK):
         chunk = hashes[i : i + HASH_CHUNK]
-        found.update(session.scalars(select(Prompt.content_hash).where(Prompt.content_hash.in_(chunk))))
+        rows = session.execute(select(Prompt.content_hash, Prompt.id, Prompt.reference)
+                               .where(Prompt.content_hash.in_(chunk)))
+        found.update((h, (prompt_id, reference)) for h, prompt_id, reference in rows)
     return found
 
 
