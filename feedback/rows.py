@@ -32,20 +32,40 @@ trains once, in the direction of that answer, whatever the rule and however many
 its rows are named `pairwise:gold` / `pairwise:adjudication` (thumbs likewise). A tie or both-bad
 answer, or a thumb down, trains no preference. Attention checks never train.
 
-Prompts of the val split are held out unless asked (`include_val`); a snapshot never has them.
+Prompts of the val split are held out unless asked (`include_val`, or `split="val"`); a snapshot
+never has them. A Scope can also narrow the labels to items whose responses all come from some
+policy versions, to labels made since a moment, and to one split.
+
+With `metadata=True` every row also carries the columns of METADATA_COLUMNS (`_metadata`), so a
+row can be joined back to the database and weighted: the prompt and item ids, the labels it was
+resolved from (ids, sources, producers), their number (`votes`), the share that agrees with the
+row (`agreement`) and their mean `strength`, the policy version and finish reason of each of the
+row's completions (chosen then rejected; None for a person's rewrite), the split and the project.
+Without it, rows are exactly what they always were (snapshots train on them).
 """
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from statistics import fmean
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, aliased
 
-from db.models import LABEL_SOURCES, Item, ItemResponse, Label, Project, Prompt, Response, SnapshotLabel
+from db.models import (
+    LABEL_SOURCES,
+    Item,
+    ItemResponse,
+    Label,
+    PolicyVersion,
+    Project,
+    Prompt,
+    Response,
+    SnapshotLabel,
+)
 from feedback import conversions
 from feedback.config_fields import cfg_field
 from feedback.decisions import attention_items, decisions_for, value_of
@@ -58,6 +78,9 @@ RULES = ("majority", "drop", "soft", "reliability")
 # Which pairs a ranking gives when nobody says: all of them for a reward model, the clean
 # best-over-worst pair for DPO (SFT takes each item's best: best_vs_rest, below).
 RANK_PAIRS_FOR = {"reward": "all_pairs", "dpo": "best_vs_worst"}
+# The columns `metadata=True` adds to every row, in this order (the README's Exports section says what each means).
+METADATA_COLUMNS = ("prompt_id", "item_id", "label_ids", "policy_versions", "sources", "producers", "strength",
+                    "votes", "agreement", "split", "finish_reasons", "project")
 
 
 @dataclass
@@ -95,12 +118,16 @@ class RowSettings:
 
 @dataclass(frozen=True)
 class Scope:
-    """Which labels: by source, snapshot, project, and whether the val split is included."""
+    """Which labels: by source, snapshot, project, policy version, time and split."""
 
     sources: Sequence[str] = LABEL_SOURCES
     snapshot_id: int | None = None
     project_id: int | None = None
     include_val: bool = False
+    # Only items whose every response was sampled by one of these policy versions (names; empty: any).
+    policy_versions: Sequence[str] = ()
+    since: datetime | None = None  # only labels created at or after this (timezone-aware)
+    split: str | None = None  # only prompts of this split ("val" is an explicit ask, like include_val)
     # Rule reliability: Dawid-Skene estimates frozen with a snapshot, by label kind; None: fit now.
     estimates: dict[str, Estimates] | None = None
     # Final answers frozen with a snapshot: item id -> (answer, origin); None: the current ones.
@@ -141,9 +168,19 @@ def _labels(session: Session, kind: str, scope: Scope) -> dict[int, list[Label]]
     by_item: dict[int, list[Label]] = defaultdict(list)
     query = (select(Label).where(Label.kind == kind, Label.source.in_(scope.sources),
                                  Label.item_id.not_in(attention_items())).order_by(Label.id))
-    if not scope.include_val:
-        train_items = select(Item.id).join(Prompt, Prompt.id == Item.prompt_id).where(Prompt.split != "val")
-        query = query.where(Label.item_id.in_(train_items))
+    if scope.split is not None or not scope.include_val:
+        in_split = Prompt.split == scope.split if scope.split is not None else Prompt.split != "val"
+        query = query.where(Label.item_id.in_(select(Item.id).join(Prompt, Prompt.id == Item.prompt_id)
+                                              .where(in_split)))
+    if scope.since is not None:
+        query = query.where(Label.created_at >= scope.since)
+    if scope.policy_versions:  # leave out items with any response by another version
+        others = (select(Response.id).join(PolicyVersion, PolicyVersion.id == Response.policy_version_id)
+                  .where(PolicyVersion.name.not_in(list(scope.policy_versions))))
+        query = query.where(
+            Label.item_id.not_in(select(Item.id).where(or_(Item.response_a_id.in_(others),
+                                                           Item.response_b_id.in_(others)))),
+            Label.item_id.not_in(select(ItemResponse.item_id).where(ItemResponse.response_id.in_(others))))
     if scope.project_id is not None:
         query = query.where(Label.item_id.in_(select(Item.id).where(Item.project_id == scope.project_id)))
     if scope.snapshot_id is not None:  # only the labels frozen into that snapshot
@@ -198,6 +235,75 @@ def _aspects(session: Session, item_ids: Iterable[int]) -> dict[int, list[str]]:
                                 .where(Item.id.in_(list(item_ids)))).all())
 
 
+@dataclass(frozen=True)
+class _Facts:
+    """What the metadata columns say about one item, whatever its labels."""
+
+    prompt_id: int
+    project: str
+    split: str
+    versions: list[str]  # the policy version of each response, by position (a pair: a, b)
+    finish_reasons: list[str | None]
+
+
+def _facts(session: Session, item_ids: Iterable[int]) -> dict[int, _Facts]:
+    """item id -> its facts, for the rows of `metadata=True`."""
+    ids = list(item_ids)
+    heads = session.execute(
+        select(Item.id, Item.prompt_id, Project.name, Prompt.split, Item.response_a_id, Item.response_b_id)
+        .join(Project, Project.id == Item.project_id).join(Prompt, Prompt.id == Item.prompt_id)
+        .where(Item.id.in_(ids))).all()
+    positions: dict[int, list[int]] = defaultdict(list)  # rank and rating items: their K responses
+    for item_id, response_id in session.execute(
+            select(ItemResponse.item_id, ItemResponse.response_id).where(ItemResponse.item_id.in_(ids))
+            .order_by(ItemResponse.item_id, ItemResponse.position)):
+        positions[item_id].append(response_id)
+    responses = {item_id: positions.get(item_id) or [r for r in (a, b) if r is not None]
+                 for item_id, _, _, _, a, b in heads}
+    made = {response_id: (version, finish) for response_id, version, finish in session.execute(
+        select(Response.id, PolicyVersion.name, Response.finish_reason)
+        .join(PolicyVersion, PolicyVersion.id == Response.policy_version_id)
+        .where(Response.id.in_([r for rs in responses.values() for r in rs])))}
+    return {item_id: _Facts(prompt_id=prompt_id, project=project, split=split,
+                            versions=[made[r][0] for r in responses[item_id]],
+                            finish_reasons=[made[r][1] for r in responses[item_id]])
+            for item_id, prompt_id, project, split, _, _ in heads}
+
+
+def _metadata(item_id: int, facts: _Facts, labels: Sequence[Label], agreeing: Sequence[Label],
+              completions: Sequence[int | None]) -> dict[str, Any]:
+    """The metadata columns of one row: the item's ids, split and project; the labels the row was
+    resolved from, how many (`votes`), the share of them that agree with the row and their mean
+    strength (pairwise labels: slight 0.5, much 1.0, unstated 0; None for other kinds); and the
+    policy version and finish reason of each completion, given by its position in the item
+    (None: a person's rewrite, which no policy made)."""
+    strengths = [STRENGTH_MARGIN.get(label.strength, 0.0) for label in agreeing if label.kind == "pairwise"]
+    return {
+        "prompt_id": facts.prompt_id,
+        "item_id": item_id,
+        "label_ids": [label.id for label in labels],
+        "policy_versions": [None if p is None else facts.versions[p] for p in completions],
+        "sources": sorted({label.source for label in labels}),
+        "producers": sorted({label.producer for label in labels if label.producer}),
+        "strength": fmean(strengths) if strengths else None,
+        "votes": len(labels),
+        "agreement": len(agreeing) / len(labels) if labels else None,
+        "split": facts.split,
+        "finish_reasons": [None if p is None else facts.finish_reasons[p] for p in completions],
+        "project": facts.project,
+    }
+
+
+def _one_side(row: dict[str, Any], side: int) -> dict[str, Any]:
+    """A preference row's metadata for one of its completions (0: chosen, 1: rejected), for the
+    KTO and SFT rows that unpair it; nothing when the row has none."""
+    meta = {column: row[column] for column in METADATA_COLUMNS if column in row}
+    for column in ("policy_versions", "finish_reasons"):
+        if column in meta:
+            meta[column] = meta[column][side:side + 1]
+    return meta
+
+
 def _row(messages: list, chosen: str, rejected: str, rule: str, margin: float | None) -> dict[str, Any]:
     row: dict[str, Any] = {"prompt": messages, "chosen": _assistant(chosen), "rejected": _assistant(rejected)}
     if margin is not None:
@@ -212,10 +318,12 @@ def _reliable(estimates: Estimates, item_id: int, settings: RowSettings, values:
     return value if value in values and confidence >= settings.min_confidence else None
 
 
-def _pairwise_preferences(session: Session, scope: Scope, settings: RowSettings, with_margin: bool) -> list[dict]:
+def _pairwise_preferences(session: Session, scope: Scope, settings: RowSettings, with_margin: bool,
+                          metadata: bool = False) -> list[dict]:
     by_item = _labels(session, "pairwise", scope)
     reliability = _estimates(session, scope, "pairwise", by_item) if settings.rule == "reliability" else None
     decided = _decisions(session, scope, by_item)
+    facts = _facts(session, by_item) if metadata else None
     out = []
     for item_id, messages, text_a, text_b in _pair_texts(session, by_item) if by_item else []:
         labels = by_item[item_id]
@@ -231,22 +339,25 @@ def _pairwise_preferences(session: Session, scope: Scope, settings: RowSettings,
             winners = _votes(labels, settings.rule)
         for winner in winners:
             chosen, rejected = (text_a, text_b) if winner == "a" else (text_b, text_a)
+            agreeing = [label for label in labels if label.choice == winner]
             margin = None
             if with_margin:
-                agreeing = [label for label in labels if label.choice == winner]
                 margin = (sum(STRENGTH_MARGIN.get(label.strength, 0.0) for label in agreeing) / len(agreeing)
                           if agreeing else 0.0)
             row = _row(messages, chosen, rejected, rule, margin)
             if reliability is not None:
                 row["confidence"] = confidence
+            if facts is not None:
+                row.update(_metadata(item_id, facts[item_id], labels, agreeing, [0, 1] if winner == "a" else [1, 0]))
             out.append(row)
     return out
 
 
 def _rank_preferences(session: Session, scope: Scope, settings: RowSettings, purpose: str,
-                      with_margin: bool) -> list[dict]:
+                      with_margin: bool, metadata: bool = False) -> list[dict]:
     how = settings.rank_rule(purpose)
     by_item = _labels(session, "rank", scope)
+    facts = _facts(session, by_item) if metadata else None
     out = []
     for item_id, (messages, texts) in _positions(session, by_item).items():
         labels = by_item[item_id]
@@ -258,56 +369,74 @@ def _rank_preferences(session: Session, scope: Scope, settings: RowSettings, pur
                  if frozenset(pair) in picked]
         ties = [pair for label in labels for pair in conversions.rank_ties(label.ranking)]
         for winner, loser in conversions.resolve_votes(votes, settings.rule, ties):
-            out.append(_row(messages, texts[winner], texts[loser], f"rank:{how}", 0.0 if with_margin else None))
+            row = _row(messages, texts[winner], texts[loser], f"rank:{how}", 0.0 if with_margin else None)
+            if facts is not None:
+                agreeing = [label for label in labels if label.ranking[winner] < label.ranking[loser]]
+                row.update(_metadata(item_id, facts[item_id], labels, agreeing, [winner, loser]))
+            out.append(row)
     return out
 
 
-def _rating_preferences(session: Session, scope: Scope, settings: RowSettings, with_margin: bool) -> list[dict]:
+def _rating_preferences(session: Session, scope: Scope, settings: RowSettings, with_margin: bool,
+                        metadata: bool = False) -> list[dict]:
     by_item = _labels(session, "rating", scope)
     aspects = _aspects(session, by_item)
+    facts = _facts(session, by_item) if metadata else None
     out = []
     for item_id, (messages, texts) in _positions(session, by_item).items():
         margins: dict[tuple[int, int], list[float]] = defaultdict(list)
+        voters: dict[tuple[int, int], list[Label]] = defaultdict(list)
         ties = []
         for label in by_item[item_id]:
             for winner, loser, margin in conversions.rating_pairs(label.ratings, aspects[item_id],
                                                                   settings.rating_min_margin):
                 margins[(winner, loser)].append(margin)
+                voters[(winner, loser)].append(label)
             ties += conversions.rating_ties(label.ratings, aspects[item_id], settings.rating_min_margin)
         votes = [pair for pair, ms in margins.items() for _ in ms]
         for winner, loser in conversions.resolve_votes(votes, settings.rule, ties):
             margin = fmean(margins[(winner, loser)]) if with_margin else None
-            out.append(_row(messages, texts[winner], texts[loser], "rating:mean_margin", margin))
+            row = _row(messages, texts[winner], texts[loser], "rating:mean_margin", margin)
+            if facts is not None:
+                row.update(_metadata(item_id, facts[item_id], by_item[item_id], voters[(winner, loser)],
+                                     [winner, loser]))
+            out.append(row)
     return out
 
 
-def _edit_preferences(session: Session, scope: Scope, with_margin: bool) -> list[dict]:
+def _edit_preferences(session: Session, scope: Scope, with_margin: bool, metadata: bool = False) -> list[dict]:
     by_item = _labels(session, "edit", scope)
+    facts = _facts(session, by_item) if metadata else None
     out = []
     for item_id, (messages, original) in _single_texts(session, by_item).items():
         for label in by_item[item_id]:
             if label.edit_distance:  # an unchanged submission is no comparison
-                out.append(_row(messages, label.edited_text, original, "edit:over_original",
-                                0.0 if with_margin else None))
+                row = _row(messages, label.edited_text, original, "edit:over_original", 0.0 if with_margin else None)
+                if facts is not None:  # each rewrite is a row of its own, from its one label
+                    row.update(_metadata(item_id, facts[item_id], [label], [label], [None, 0]))
+                out.append(row)
     return out
 
 
 def preference_rows(*, session: Session, scope: Scope = Scope(), settings: RowSettings | None = None,
-                    purpose: str = "dpo") -> list[dict[str, Any]]:
+                    purpose: str = "dpo", metadata: bool = False) -> list[dict[str, Any]]:
     """chosen/rejected rows from every label kind that compares (pairwise, rank, rating, edit);
-    with `purpose` "reward", each row has a margin."""
+    with `purpose` "reward", each row has a margin; with `metadata`, the METADATA_COLUMNS."""
     settings = settings or RowSettings()
     with_margin = purpose == "reward"
-    return (_pairwise_preferences(session, scope, settings, with_margin)
-            + _rank_preferences(session, scope, settings, purpose, with_margin)
-            + _rating_preferences(session, scope, settings, with_margin)
-            + _edit_preferences(session, scope, with_margin))
+    return (_pairwise_preferences(session, scope, settings, with_margin, metadata)
+            + _rank_preferences(session, scope, settings, purpose, with_margin, metadata)
+            + _rating_preferences(session, scope, settings, with_margin, metadata)
+            + _edit_preferences(session, scope, with_margin, metadata))
 
 
-def kto_rows(*, session: Session, scope: Scope = Scope(), settings: RowSettings | None = None) -> list[dict[str, Any]]:
-    """prompt / completion / label rows (see the module docstring for the sources)."""
+def kto_rows(*, session: Session, scope: Scope = Scope(), settings: RowSettings | None = None,
+             metadata: bool = False) -> list[dict[str, Any]]:
+    """prompt / completion / label rows (see the module docstring for the sources); with
+    `metadata`, the METADATA_COLUMNS."""
     settings = settings or RowSettings()
-    resolved: dict[int, tuple[bool, str]] = {}  # single-response item -> (desirable, rule)
+    # single-response item -> (desirable, rule, the labels it comes from, those that agree)
+    resolved: dict[int, tuple[bool, str, list[Label], list[Label]]] = {}
     thumbs_rule = "majority" if settings.rule == "soft" else settings.rule
     thumbs = _labels(session, "binary", scope)
     reliability = _estimates(session, scope, "binary", thumbs) if settings.rule == "reliability" else None
@@ -315,63 +444,85 @@ def kto_rows(*, session: Session, scope: Scope = Scope(), settings: RowSettings 
     for item_id, labels in thumbs.items():
         if item_id in decided:
             answer, origin = decided[item_id]
-            resolved[item_id] = (answer == "up", f"binary:{origin}")
+            resolved[item_id] = (answer == "up", f"binary:{origin}", labels,
+                                 [label for label in labels if label.thumb == answer])
             continue
         verdict = (_reliable(reliability, item_id, settings, ("up", "down")) if reliability is not None
                    else _resolve([label.thumb for label in labels], thumbs_rule))
         if verdict is not None:
-            resolved[item_id] = (verdict == "up", f"binary:{thumbs_rule}")
+            resolved[item_id] = (verdict == "up", f"binary:{thumbs_rule}", labels,
+                                 [label for label in labels if label.thumb == verdict])
     for item_id, labels in _labels(session, "score", scope).items():
         if item_id not in resolved:  # a person's thumb on the same response wins over a score
-            resolved[item_id] = (fmean(label.score for label in labels) >= settings.kto_threshold,
-                                 "grader:kto_threshold")
+            desirable = fmean(label.score for label in labels) >= settings.kto_threshold
+            resolved[item_id] = (desirable, "grader:kto_threshold", labels,
+                                 [label for label in labels if (label.score >= settings.kto_threshold) == desirable])
+    facts = _facts(session, resolved) if metadata else None
     out = []
     for item_id, (messages, text) in _single_texts(session, resolved).items() if resolved else []:
-        desirable, rule = resolved[item_id]
-        out.append({"prompt": messages, "completion": _assistant(text), "label": desirable, "rule": rule})
+        desirable, rule, labels, agreeing = resolved[item_id]
+        row = {"prompt": messages, "completion": _assistant(text), "label": desirable, "rule": rule}
+        if facts is not None:
+            row.update(_metadata(item_id, facts[item_id], labels, agreeing, [0]))
+        out.append(row)
     rated = _labels(session, "rating", scope)
     aspects = _aspects(session, rated)
+    facts = _facts(session, rated) if metadata else None
     for item_id, (messages, texts) in _positions(session, rated).items():
         per_label = [conversions.rating_scores(label.ratings, aspects[item_id]) for label in rated[item_id]]
         for position, text in enumerate(texts):
             score = fmean(scores[position] for scores in per_label)
-            out.append({"prompt": messages, "completion": _assistant(text),
-                        "label": conversions.meets(score, settings.rating_kto_threshold),
-                        "rule": "rating:kto_threshold"})
-    for row in _edit_preferences(session, scope, with_margin=False):
-        out.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True, "rule": row["rule"]})
-        out.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False, "rule": row["rule"]})
+            desirable = conversions.meets(score, settings.rating_kto_threshold)
+            row = {"prompt": messages, "completion": _assistant(text), "label": desirable,
+                   "rule": "rating:kto_threshold"}
+            if facts is not None:
+                agreeing = [label for label, scores in zip(rated[item_id], per_label, strict=True)
+                            if conversions.meets(scores[position], settings.rating_kto_threshold) == desirable]
+                row.update(_metadata(item_id, facts[item_id], rated[item_id], agreeing, [position]))
+            out.append(row)
+    for row in _edit_preferences(session, scope, with_margin=False, metadata=metadata):
+        out.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True, "rule": row["rule"],
+                    **_one_side(row, 0)})
+        out.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False, "rule": row["rule"],
+                    **_one_side(row, 1)})
     if settings.kto_from_pairs:  # each pair once, by its resolved winner (a soft split would contradict itself)
         once = RowSettings(rule=thumbs_rule, min_confidence=settings.min_confidence)
-        for row in _pairwise_preferences(session, scope, once, with_margin=False):
+        for row in _pairwise_preferences(session, scope, once, with_margin=False, metadata=metadata):
             out.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True,
-                        "rule": "pairwise:unpaired"})
+                        "rule": "pairwise:unpaired", **_one_side(row, 0)})
             out.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False,
-                        "rule": "pairwise:unpaired"})
+                        "rule": "pairwise:unpaired", **_one_side(row, 1)})
     return out
 
 
-def sft_rows(*, session: Session, scope: Scope = Scope(), settings: RowSettings | None = None) -> list[dict[str, Any]]:
+def sft_rows(*, session: Session, scope: Scope = Scope(), settings: RowSettings | None = None,
+             metadata: bool = False) -> list[dict[str, Any]]:
     """prompt / completion rows: every rewrite (an unchanged one keeps the original), and the
-    winners of pairwise, rank and rating labels (each resolved once, even under "soft")."""
+    winners of pairwise, rank and rating labels (each resolved once, even under "soft"); with
+    `metadata`, the METADATA_COLUMNS."""
     settings = settings or RowSettings()
     once = RowSettings(rule="majority" if settings.rule == "soft" else settings.rule, rank_pairs="best_vs_rest",
                        min_confidence=settings.min_confidence,
                        rating_min_margin=settings.rating_min_margin)
     out, seen = [], set()
     by_item = _labels(session, "edit", scope)
+    facts = _facts(session, by_item) if metadata else None
     for item_id, (messages, _original) in _single_texts(session, by_item).items():
         for label in by_item[item_id]:
-            out.append({"prompt": messages, "completion": _assistant(label.edited_text), "rule": "edit:sft"})
-    ranked = _rank_preferences(session, scope, once, "sft", False) + _rating_preferences(session, scope, once, False)
+            row = {"prompt": messages, "completion": _assistant(label.edited_text), "rule": "edit:sft"}
+            if facts is not None:
+                row.update(_metadata(item_id, facts[item_id], [label], [label], [None]))
+            out.append(row)
+    ranked = (_rank_preferences(session, scope, once, "sft", False, metadata)
+              + _rating_preferences(session, scope, once, False, metadata))
     # Of K responses, only the best: a chosen response that lost to another one is not a winner.
     beaten = {(repr(row["prompt"]), row["rejected"][0]["content"]) for row in ranked}
-    winners = _pairwise_preferences(session, scope, once, False) + [
+    winners = _pairwise_preferences(session, scope, once, False, metadata) + [
         row for row in ranked if (repr(row["prompt"]), row["chosen"][0]["content"]) not in beaten]
     for row in winners:
         key = (repr(row["prompt"]), row["chosen"][0]["content"])
         if key not in seen:  # best-vs-rest gives the best response once per loser
             seen.add(key)
             out.append({"prompt": row["prompt"], "completion": row["chosen"],
-                        "rule": row["rule"].split(":")[0] + ":winners"})
+                        "rule": row["rule"].split(":")[0] + ":winners", **_one_side(row, 0)})
     return out
