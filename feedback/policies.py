@@ -83,6 +83,8 @@ def promote(*, session: Session, name: str, actor: Actor, override_reason: str |
     changes nothing) and samples afterwards."""
     actor.require("admin")
     target = policy_by_name(session=session, name=name)
+    if target.status == "external":
+        raise UserError(f"{name} is an outside model whose responses were imported; it cannot be deployed.")
     current = session.scalar(select(PolicyVersion).where(PolicyVersion.status == "active"))
     if current is not None and current.id == target.id:
         return target

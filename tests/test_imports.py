@@ -480,3 +480,18 @@ def test_the_service_refuses_an_annotator_and_unknown_formats(engine, tmp_path):
         import_file(session=s, actor=Actor.signed_in(ann), path=path)
     with pytest.raises(UserError, match="Unknown import format"), session_scope(engine) as s:
         import_file(session=s, actor=CLI, path=path, fmt="csv")
+
+
+def test_an_external_model_is_never_promoted_or_sampled(engine):
+    from dataclasses import replace
+
+    from feedback.policies import ensure_base_policy, promote
+    from feedback.sampling import SamplingConfig, run_sampling
+
+    with session_scope(engine) as s:
+        ensure_base_policy(session=s, actor=CLI)
+        s.add(PolicyVersion(name="ext:gpt-x", base_model="gpt-x", status="external"))
+    with session_scope(engine) as s, pytest.raises(UserError, match="outside model"):
+        promote(session=s, name="ext:gpt-x", actor=CLI)
+    with pytest.raises(UserError, match="outside model"):
+        run_sampling(engine=engine, config=replace(SamplingConfig(limit=1), policy_version="ext:gpt-x"))

@@ -20,14 +20,13 @@ from sqlalchemy.orm import Session
 
 from db.engine import session_scope
 from db.models import Job, PolicyVersion, Snapshot
-from feedback import jobs
+from feedback import jobs, webhooks
 from feedback.actors import Actor
 from feedback.config_fields import cfg_field
 from feedback.errors import UserError
 from feedback.model_cache import resolve_model_dir
 from feedback.policies import active_policy, next_version_name, policy_by_name
 from feedback.settings import get_settings
-from training.callbacks import JobCallback
 from training.evaluate import GateConfig, evaluate
 from training.snapshot import SnapshotFilter, create_snapshot, reference_rows, rows_for_stage
 from training.stages import STAGES
@@ -144,6 +143,8 @@ def run_round(*, engine: Engine, job: Job, reporter: jobs.Reporter) -> dict[str,
     with session_scope(engine) as s:
         parent = policy_by_name(session=s, name=config.parent)
         inputs = _inputs(s, config, s.get(Job, job.id), parent)
+    from training.callbacks import JobCallback  # transformers: here, so the CLI's parser starts fast
+
     callback = JobCallback(reporter)
     inputs.callbacks = [callback]
     round_stage = STAGES.get(config.stage)
@@ -181,11 +182,13 @@ def run_round(*, engine: Engine, job: Job, reporter: jobs.Reporter) -> dict[str,
     if config.evaluate:
         reporter.progress(stage_config.max_steps, None, log=f"evaluating {name} against {parent.name}")
         evaluation = evaluate(engine=engine, candidate=name, baseline=parent.name, config=GateConfig(**config.gate))
-        with session_scope(engine) as s:
-            s.scalar(select(PolicyVersion).where(PolicyVersion.name == name)).evaluation = evaluation
         out["gate"] = {k: evaluation.get(k)
                        for k in ("decision", "reasons", "win_rate", "win_rate_ci95", "decisive", "accuracy",
                                  "baseline_accuracy", "length_ratio", "passed")}
+        with session_scope(engine) as s:
+            s.scalar(select(PolicyVersion).where(PolicyVersion.name == name)).evaluation = evaluation
+            webhooks.emit(session=s, event="gate.result", payload={"job_id": job.id, "policy_version": name,
+                                                                    "baseline": parent.name, **out["gate"]})
     return out
 
 
@@ -193,6 +196,7 @@ def run_train_job(*, engine: Engine, job, reporter: jobs.Reporter) -> dict[str, 
     return run_round(engine=engine, job=job, reporter=reporter)
 
 
-# The gate samples from the policy and may ask an AI judge: a round's worker needs all three keys.
-TRAIN_JOB = jobs.JobKind(runner=run_train_job, config=RoundConfig,
-                         secrets=("POLICY_API_KEY", "ANTHROPIC_API_KEY", "JUDGE_API_KEY"))
+# The gate samples from the policy and may ask an AI judge: a round's worker needs all three keys,
+# and SECRET_KEY to deliver its round.finished and gate.result webhooks.
+TRAIN_JOB = jobs.JobKind(runner=run_train_job, config=RoundConfig, finished_event="round.finished",
+                         secrets=("POLICY_API_KEY", "ANTHROPIC_API_KEY", "JUDGE_API_KEY", "SECRET_KEY"))
