@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from cli import job_kinds, judging, priority, projects, quality, training
+from cli import imports, job_kinds, judging, priority, projects, quality, tokens, training, webhooks
 from cli.common import get_engine, read_password_stdin, run_job_inline
 from feedback.errors import UserError
 
@@ -163,17 +163,34 @@ def cmd_export(args) -> None:
     from collections import Counter
 
     from db.engine import session_scope
+    from db.models import LABEL_SOURCES
     from feedback.config_fields import flag_values
-    from feedback.export import export_rows, write_rows
+    from feedback.export import export_dataset, export_rows, write_rows
     from feedback.rows import RowSettings
 
-    settings = RowSettings(**flag_values(args, RowSettings))
+    to_file, to_dataset = args.out is not None, args.to_dataset is not None or args.push_to_hub is not None
+    if to_file == to_dataset:
+        raise UserError("Say where the export goes: --out FILE, or --to-dataset DIR and/or --push-to-hub REPO.")
+    if args.with_test and to_file:
+        raise UserError("--with-test adds a test split to a dataset (--to-dataset / --push-to-hub), not to a file.")
+    common = dict(fmt=args.format, sources=args.source or LABEL_SOURCES, project=args.project,
+                  policy_versions=args.policy_version or (), since=args.since, metadata=args.metadata,
+                  settings=RowSettings(**flag_values(args, RowSettings)))
     with session_scope(get_engine(), read_only=True) as session:
-        rows = export_rows(session=session, fmt=args.format, sources=args.source or ("human", "judge", "grader"),
-                           include_val=args.include_val, project=args.project, settings=settings)
+        if to_dataset:
+            dataset = export_dataset(session=session, to_dir=args.to_dataset, with_test=args.with_test,
+                                     push_to_hub=args.push_to_hub, split=args.split, include_val=args.include_val,
+                                     **common)
+            sizes = ", ".join(f"{len(split)} {name}" for name, split in dataset.items())
+            where = [f"saved to {args.to_dataset}"] if args.to_dataset else []
+            where += [f"pushed to the hub as {args.push_to_hub}"] if args.push_to_hub else []
+            print(f"{args.format} dataset of {sizes} rows {' and '.join(where)}")
+            return
+        rows = export_rows(session=session, split=args.split, include_val=args.include_val, **common)
     if not rows:
         where = f" in project {args.project}" if args.project else ""
-        raise UserError(f"No labels{where} to export as {args.format} yet (label some items first).")
+        filtered = " matching these filters" if args.policy_version or args.since or args.split else ""
+        raise UserError(f"No labels{where}{filtered} to export as {args.format} yet (label some items first).")
     write_rows(rows, Path(args.out))
     rules = ", ".join(f"{n} {rule}" for rule, n in sorted(Counter(r["rule"] for r in rows).items()))
     print(f"wrote {len(rows)} {args.format} rows to {args.out} ({rules})")
@@ -277,12 +294,27 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true", help="run as a background job and return at once")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("export", help="write labels as TRL training data")
+    from db.models import LABEL_SOURCES, SPLITS
+
+    p = sub.add_parser("export", help="write labels as TRL training data: a file, or a Hugging Face dataset")
     p.add_argument("--format", required=True, choices=("dpo", "kto", "reward", "sft"))
+    p.add_argument("--out", help="a .jsonl or .parquet file")
+    p.add_argument("--to-dataset", metavar="DIR",
+                   help="a datasets DatasetDict directory (save_to_disk): train, and test with --with-test")
+    p.add_argument("--with-test", action="store_true",
+                   help="the dataset's test split, from the val prompts (held out for the gate: only when asked)")
+    p.add_argument("--push-to-hub", metavar="REPO",
+                   help="push the DatasetDict to this Hugging Face hub repository (created private; needs HF_TOKEN)")
+    p.add_argument("--metadata", action="store_true",
+                   help="add the metadata columns: prompt/item/label ids, policy versions, sources, producers, "
+                        "strength, votes, agreement, split, finish reasons, project")
     p.add_argument("--project", help="only this project's labels (default: every project)")
-    p.add_argument("--out", required=True, help="a .jsonl or .parquet file")
-    p.add_argument("--source", action="append", choices=("human", "judge", "grader"),
+    p.add_argument("--source", action="append", choices=LABEL_SOURCES,
                    help="only labels from this source (repeatable; default: all)")
+    p.add_argument("--policy-version", action="append", metavar="NAME",
+                   help="only items whose responses all come from this policy version (repeatable: any of them)")
+    p.add_argument("--since", metavar="DATE", help="only labels made at or after this ISO date or date-time (UTC)")
+    p.add_argument("--split", choices=SPLITS, help="only prompts of this split (val: the gate's held-out prompts)")
     p.add_argument("--include-val", action="store_true",
                    help="also labels on val prompts (held out for the evaluation gate; never in a snapshot)")
     add_arguments(p, RowSettings)
@@ -293,6 +325,9 @@ def make_parser() -> argparse.ArgumentParser:
     priority.add_commands(sub)
     quality.add_commands(sub)
     training.add_commands(sub)
+    tokens.add_commands(sub)
+    webhooks.add_commands(sub)
+    imports.add_commands(sub)
 
     job_cmds = sub.add_parser("jobs", help="background jobs").add_subparsers(dest="jobs_command", required=True)
     p = job_cmds.add_parser("list", help="recent jobs")

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from db.engine import session_scope
 from db.models import Job, utcnow
+from feedback import webhooks
 from feedback.actors import Actor
 from feedback.errors import UserError
 from feedback.launchers import get_launcher
@@ -45,6 +46,9 @@ class JobKind:
     runner: Callable[..., dict[str, Any]]  # runner(engine=..., job=..., reporter=...) -> result dict
     config: type  # a dataclass: create_job builds it from the row's config, so a bad one is refused at once
     secrets: tuple[str, ...] = ()  # environment variables of secrets the worker needs (POLICY_API_KEY, ...)
+    # The webhook event run_job emits when a job of this kind ends (feedback.webhooks.EVENTS), if any.
+    # A kind with SECRET_KEY among its secrets also delivers the due webhooks after each job.
+    finished_event: str | None = None
 
 
 # Filled by the composition root (cli/job_kinds.py), the one place that knows every package:
@@ -201,11 +205,12 @@ def run_job(*, engine: Engine, job_id: int, listener: Callable[[int, int | None]
             raise UserError(f"Job {job_id} is {job.status}, not queued.")
     with session_scope(engine, read_only=True) as s:
         job = s.get(Job, job_id)
+    kind = JOB_KINDS.get(job.kind)
     reporter = Reporter(engine, job_id, listener)
     reporter._beat.start()
     status, result, error = "succeeded", None, None
     try:
-        result = JOB_KINDS.get(job.kind).runner(engine=engine, job=job, reporter=reporter)
+        result = kind.runner(engine=engine, job=job, reporter=reporter)
     except Cancelled:
         status = "cancelled"
     except Exception as exc:  # a crashed job is recorded, never left "running"
@@ -218,6 +223,10 @@ def run_job(*, engine: Engine, job_id: int, listener: Callable[[int, int | None]
         job.status, job.error, job.finished_at = status, error, utcnow()
         if result is not None:  # a failed run keeps the state it saved (e.g. a provider batch id)
             job.result = result
+        if kind.finished_event:  # in the same transaction: the event exists iff the ending is recorded
+            webhooks.emit(session=s, event=kind.finished_event, payload=webhooks.job_payload(job))
+    if webhooks.SECRET_ENV in kind.secrets:
+        webhooks.deliver_after_job(engine=engine, job_id=job_id)
     return job
 
 

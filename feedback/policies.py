@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import PolicyVersion
@@ -98,3 +99,27 @@ def promote(*, session: Session, name: str, actor: Actor, override_reason: str |
                  details={"name": name, "previous": current.name if current else None, "gate": decision,
                           **({"override_reason": reason[:500]} if decision != "passed" else {})})
     return target
+
+
+EXTERNAL_PREFIX = "ext:"
+
+
+def external_version(*, session: Session, actor: Actor, model: str) -> PolicyVersion:
+    """The policy version `ext:<model>` that responses of an outside model (imported files, API
+    records) are filed under, status "external": never deployed, sampled or trained. Made on first
+    use, safely when two requests make it at once."""
+    name = EXTERNAL_PREFIX + model
+    found = session.scalar(select(PolicyVersion).where(PolicyVersion.name == name))
+    if found is not None:
+        if found.status != "external":
+            raise UserError(f"{name!r} is one of this app's policy versions, not an outside model.")
+        return found
+    version = PolicyVersion(name=name, base_model=model[:255], status="external")
+    try:
+        with session.begin_nested():
+            session.add(version)
+    except IntegrityError:  # made by another request at the same moment
+        return session.scalars(select(PolicyVersion).where(PolicyVersion.name == name)).one()
+    actor.record(session=session, action="policy.create", target=f"policy:{version.id}",
+                 details={"name": name, "base_model": model[:255], "status": "external"})
+    return version

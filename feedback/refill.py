@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import timedelta
 
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
 from db.engine import session_scope
-from db.models import Item, Job, Project, utcnow
-from feedback import jobs
+from db.models import AuditLog, Item, Job, Project, utcnow
+from feedback import jobs, webhooks
 from feedback.actors import Actor
 from feedback.projects import default_project
 from feedback.queue import open_item_count
@@ -45,12 +45,32 @@ def maybe_refill(*, engine: Engine, database_url: str, project_id: int) -> int |
             session.execute(text("SELECT pg_advisory_xact_lock(:k, :p)"), {"k": _REFILL_LOCK, "p": project_id})
         project = session.get(Project, project_id)
         jobs.mark_stale(session=session)
-        if refill_running(session=session, project=project) or \
-                open_item_count(session=session, project=project) >= project.refill_below:
+        if refill_running(session=session, project=project):
+            return None
+        open_items = open_item_count(session=session, project=project)
+        if open_items >= project.refill_below:
             return None
         job = jobs.create_job(session=session, kind="sample", config=asdict(_refill_config(project)), actor=REFILL)
+        if _newly_low(session, project, open_items):
+            webhooks.emit(session=session, event="queue.low", payload={
+                "project": project.name, "project_id": project.id, "open_items": open_items,
+                "refill_below": project.refill_below, "refill_job_id": job.id})
     jobs.start_detached(job=job, database_url=database_url)
     return job.id
+
+
+def _newly_low(session: Session, project: Project, open_items: int) -> bool:
+    """The first low reading since the pool last gained items: queue.low fires once per crossing,
+    not on every claim, nor again for a refill that made nothing. The audit log keeps the mark."""
+    newest_item = session.scalar(select(func.max(Item.id)).where(Item.project_id == project.id)) or 0
+    last = session.scalar(select(AuditLog.details).where(AuditLog.action == "queue.low",
+                                                         AuditLog.target == f"project:{project.id}")
+                          .order_by(AuditLog.id.desc()).limit(1))
+    if last is not None and last.get("newest_item", 0) >= newest_item:
+        return False
+    REFILL.record(session=session, action="queue.low", target=f"project:{project.id}",
+                  details={"open_items": open_items, "refill_below": project.refill_below, "newest_item": newest_item})
+    return True
 
 
 def sample_new_policy(*, engine: Engine, database_url: str, actor: Actor) -> list[int]:

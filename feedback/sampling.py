@@ -164,8 +164,20 @@ def record_samples(
     """Store the responses to one prompt and the project's items made from them; the item count."""
     responses = store_responses(session=session, prompt=prompt, version=version, completions=completions,
                                 params=params, job_id=job_id)
-    other = store_responses(session=session, prompt=prompt, version=versus[0], completions=versus[1],
-                            params=versus[2], job_id=job_id) if versus else []
+    pairs = None
+    if versus:
+        other = store_responses(session=session, prompt=prompt, version=versus[0], completions=versus[1],
+                                params=versus[2], job_id=job_id)
+        pairs = [(responses[i], other[j]) for i, j in make_pairs([r.text for r in responses], [r.text for r in other])]
+    return len(make_items(session=session, project=project, prompt=prompt, responses=responses, job_id=job_id,
+                          pairs=pairs))
+
+
+def make_items(*, session: Session, project: Project, prompt: Prompt, responses: list[Response],
+               job_id: int | None = None, pairs: list[tuple[Response, Response]] | None = None) -> list[Item]:
+    """The project's items from stored responses to one prompt (see the module docstring): pairs of
+    distinct responses (or the `pairs` given), one item per response, or one item of the distinct
+    responses by position. Returns them added to the session (a K item flushed, with its positions)."""
     kind = ITEM_KIND[project.task_type]
 
     def item(a: Response, b: Response | None = None) -> Item:
@@ -176,25 +188,18 @@ def record_samples(
         return made
 
     if kind == "pair":
-        if versus:
-            tuples = [(responses[i], other[j]) for i, j in make_pairs([r.text for r in responses],
-                                                                       [r.text for r in other])]
-        else:
-            tuples = [(responses[i], responses[j]) for i, j in make_pairs([r.text for r in responses])]
-        for a, b in tuples:
-            item(a, b)
-        return len(tuples)
+        if pairs is None:
+            pairs = [(responses[i], responses[j]) for i, j in make_pairs([r.text for r in responses])]
+        return [item(a, b) for a, b in pairs]
     if kind in ("single", "edit"):
-        for r in responses:
-            item(r)
-        return len(responses)
+        return [item(r) for r in responses]
     keep = [responses[i] for i in distinct([r.text for r in responses])]
     if len(keep) < 2:
-        return 0
+        return []
     made = item(keep[0])
     session.flush()
     session.add_all([ItemResponse(item_id=made.id, position=p, response_id=r.id) for p, r in enumerate(keep)])
-    return 1
+    return [made]
 
 
 def run_sampling(
@@ -209,6 +214,10 @@ def run_sampling(
         version = policy_by_name(session=s, name=config.policy_version) if config.policy_version \
             else active_policy(session=s)
         versus = policy_by_name(session=s, name=config.versus_version) if config.versus_version else None
+        for v in (version, versus):
+            if v is not None and v.status == "external":
+                raise UserError(f"{v.name} is an outside model whose responses were imported; there is nothing "
+                                "here to sample it with.")
         prompts = select_prompts(session=s, version_id=version.id, limit=config.limit,
                                  split=config.split, tags=config.tags)
     if not prompts:
@@ -272,5 +281,6 @@ def config_dict(config: SamplingConfig) -> dict[str, Any]:
     return asdict(config)
 
 
-# The policy server may need its key; no judge key reaches a sampling worker.
-SAMPLE_JOB = jobs.JobKind(runner=run_sampling_job, config=SamplingConfig, secrets=("POLICY_API_KEY",))
+# The policy server may need its key; no judge key reaches a sampling worker. SECRET_KEY: it delivers
+# the due webhooks when it ends (a refill's queue.low among them).
+SAMPLE_JOB = jobs.JobKind(runner=run_sampling_job, config=SamplingConfig, secrets=("POLICY_API_KEY", "SECRET_KEY"))

@@ -63,6 +63,16 @@ class Settings(BaseSettings):
         default=SecretStr("EMPTY"),
         description="Key for the OpenAI-compatible judge server; a secret like ANTHROPIC_API_KEY.",
     )
+    hf_token: SecretStr | None = Field(
+        default=None,
+        description="Hugging Face token for `export --push-to-hub`. A secret: never logged, stored or passed to "
+        "child processes.",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Server secret key: each webhook's signing secret is derived from it (unset: one is generated "
+        "once into var/secret_key, mode 0600). A secret: passed only to workers that deliver webhooks.",
+    )
     judge_timeout_s: float = Field(
         default=60.0, description="Seconds one judge request may take (per attempt) before it is retried."
     )
@@ -84,6 +94,15 @@ class Settings(BaseSettings):
     import_max_rows: int = Field(default=100_000, description="Most rows one import may hold.")
     import_max_prompt_chars: int = Field(
         default=32_000, description="Longest prompt (all message contents together) or reference, in characters."
+    )
+    api_max_body_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=0,
+        description="Largest request body the HTTP API accepts, in bytes; a larger one is refused with 413.",
+    )
+    api_rate_limit_per_minute: int = Field(
+        default=600, ge=0,
+        description="Requests one API token may make per minute, per app process (a token bucket holding a "
+        "minute's worth); more get 429 with Retry-After. 0: no limit.",
     )
 
 

@@ -358,7 +358,8 @@ def run_judge_job(*, engine: Engine, job, reporter: jobs.Reporter) -> dict[str, 
     return run_judging(engine=engine, config=JudgeConfig(**job.config), job_id=job.id, reporter=reporter)
 
 
-JUDGE_JOB = jobs.JobKind(runner=run_judge_job, config=JudgeConfig, secrets=("ANTHROPIC_API_KEY", "JUDGE_API_KEY"))
+JUDGE_JOB = jobs.JobKind(runner=run_judge_job, config=JudgeConfig, finished_event="judge.finished",
+                         secrets=("ANTHROPIC_API_KEY", "JUDGE_API_KEY", "SECRET_KEY"))
 
 
 def config_dict(config: JudgeConfig) -> dict[str, Any]:

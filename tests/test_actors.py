@@ -55,12 +55,14 @@ def test_a_user_actor_is_role_checked_and_named_in_the_audit_log(engine):
 def test_each_job_kind_sees_only_its_secrets(monkeypatch):
     for name in jobs.secret_env_vars():
         monkeypatch.setenv(name, f"secret-{name}")
-    assert jobs.secret_env_vars() == {"POLICY_API_KEY", "ANTHROPIC_API_KEY", "JUDGE_API_KEY"}
+    assert jobs.secret_env_vars() == {"POLICY_API_KEY", "ANTHROPIC_API_KEY", "JUDGE_API_KEY", "HF_TOKEN", "SECRET_KEY"}
     seen = {kind: jobs.secret_env_vars() & set(jobs.child_env(kind)) for kind in jobs.JOB_KINDS.names()}
-    assert seen == {"sample": {"POLICY_API_KEY"}, "grade": set(),
-                    "judge": {"ANTHROPIC_API_KEY", "JUDGE_API_KEY"},
-                    "train": {"POLICY_API_KEY", "ANTHROPIC_API_KEY", "JUDGE_API_KEY"},
-                    "loop": {"POLICY_API_KEY", "ANTHROPIC_API_KEY", "JUDGE_API_KEY"}}
+    # HF_TOKEN reaches no worker (exports push from the CLI); SECRET_KEY only the kinds that deliver
+    # webhooks after their job (grading emits no event, so its worker delivers nothing).
+    assert seen == {"sample": {"POLICY_API_KEY", "SECRET_KEY"}, "grade": set(),
+                    "judge": {"ANTHROPIC_API_KEY", "JUDGE_API_KEY", "SECRET_KEY"},
+                    "train": {"POLICY_API_KEY", "ANTHROPIC_API_KEY", "JUDGE_API_KEY", "SECRET_KEY"},
+                    "loop": {"POLICY_API_KEY", "ANTHROPIC_API_KEY", "JUDGE_API_KEY", "SECRET_KEY"}}
 
 
 def test_release_deploys_promotes_and_samples_from_the_new_policy(engine, use_db, registered, monkeypatch):

@@ -225,5 +225,5 @@ def run_loop_job(*, engine: Engine, job, reporter: jobs.Reporter) -> dict[str, A
     return run_loop(engine=engine, config=LoopConfig(**job.config), job_id=job.id, reporter=reporter)
 
 
-LOOP_JOB = jobs.JobKind(runner=run_loop_job, config=LoopConfig,
-                        secrets=("POLICY_API_KEY", "ANTHROPIC_API_KEY", "JUDGE_API_KEY"))
+LOOP_JOB = jobs.JobKind(runner=run_loop_job, config=LoopConfig,  # its rounds' webhooks: SECRET_KEY
+                        secrets=("POLICY_API_KEY", "ANTHROPIC_API_KEY", "JUDGE_API_KEY", "SECRET_KEY"))

@@ -23,12 +23,11 @@ from sqlalchemy.orm import Session
 
 from db.models import Item, ItemResponse, Label, PolicyVersion, Project, Prompt, Response
 from feedback.actors import Actor
-from feedback.errors import UserError
 from feedback.imports.common import PairRow, RatingRow, shown
+from feedback.policies import EXTERNAL_PREFIX, external_version
 from feedback.priority import new_item_key
 from feedback.prompts import HASH_CHUNK
 
-EXTERNAL_PREFIX = "ext:"
 UNNAMED_MODEL = "imported"  # the version of responses whose file names no model: ext:imported
 NAME_MAX_CHARS = 64  # policy_versions.name
 CHUNK = 500  # rows written per flush
@@ -47,24 +46,13 @@ def check_model_name(model: str | None) -> None:
 
 
 def external_versions(*, session: Session, actor: Actor, models: Iterable[str | None]) -> tuple[dict, list[str]]:
-    """model -> PolicyVersion for `ext:<model>`, made (status external) on first use; and the
+    """model -> PolicyVersion for `ext:<model>` (feedback.policies.external_version); and the
     names of those made now."""
     wanted = {external_name(m): m for m in models}
-    found = {v.name: v for v in session.scalars(select(PolicyVersion).where(PolicyVersion.name.in_(list(wanted))))}
-    created = []
-    for name, model in sorted(wanted.items()):
-        version = found.get(name)
-        if version is not None and version.status != "external":
-            raise UserError(f"The policy version {name!r} exists and is not an external model; rename it first.")
-        if version is None:
-            version = PolicyVersion(name=name, base_model=(model or UNNAMED_MODEL)[:255], status="external")
-            session.add(version)
-            session.flush()
-            actor.record(session=session, action="policy.create", target=f"policy:{version.id}",
-                         details={"name": name, "status": "external"})
-            created.append(name)
-            found[name] = version
-    return {model: found[name] for name, model in wanted.items()}, created
+    existing = set(session.scalars(select(PolicyVersion.name).where(PolicyVersion.name.in_(list(wanted)))))
+    versions = {model: external_version(session=session, actor=actor, model=model or UNNAMED_MODEL)
+                for _name, model in sorted(wanted.items(), key=lambda kv: kv[0])}
+    return versions, sorted(set(wanted) - existing)
 
 
 def row_key(kind: str, project: str, payload: dict[str, Any]) -> str:
