@@ -136,7 +136,8 @@ def export(fmt: Annotated[Format, Path(description="dpo, kto, reward or sft (fee
     sources = {"sources": tuple(query.source)} if query.source else {}
     with session_scope(get_engine(), read_only=True) as session:
         rows = export_rows(session=session, fmt=fmt, include_val=query.include_val, project=query.project,
-                           **sources, **settings)
+                           split=query.split, policy_versions=tuple(query.policy_version or ()), since=query.since,
+                           metadata=query.metadata, **sources, **settings)
     headers = {"X-Rows": str(len(rows))}
     if query.file == "parquet":
         import pandas as pd

@@ -200,6 +200,16 @@ def _export_query_model() -> type[BaseModel]:
         "source": (list[LabelSource] | None, Field(None, description="Only labels from these sources (repeatable; "
                                                                      "default: every source).")),
         "include_val": (bool, Field(False, description="Also labels on val prompts (held out for the gate).")),
+        "split": (Literal["train", "val"] | None, Field(None, description="Only labels on prompts of this split "
+                                                                           "(val: an explicit ask).")),
+        "policy_version": (list[str] | None, Field(None, description="Only items whose responses all come from "
+                                                                     "these policy versions (repeatable).")),
+        "since": (str | None, Field(None, description="Only labels made at or after this (ISO 8601; UTC when "
+                                                        "no offset is given).",
+                                    json_schema_extra={"format": "date-time"})),
+        "metadata": (bool, Field(False, description="Add the metadata columns (ids, label ids, policy versions, "
+                                                    "sources, producers, votes, agreement, strength, split, "
+                                                    "finish reasons, project) next to TRL's.")),
         "file": (Literal["jsonl", "parquet"], Field("jsonl", description="jsonl: JSON lines, streamed; parquet: "
                                                                          "one file.")),
     }

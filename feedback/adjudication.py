@@ -130,5 +130,7 @@ def adjudicate(*, session: Session, actor: Actor, item_id: int, answer: str, not
     if not (note or "").strip():
         raise UserError("Say in a note why this is the answer: the next reviewer reads it.")
     item = get_item(session, item_id)
+    already_gold = bool(session.scalar(select(ItemDecision.gold).where(ItemDecision.item_id == item.id)))
+    # Settling a gold item again keeps it gold (unmark_gold is how it stops being one).
     return set_decision(session=session, actor=actor, item=item, origin="adjudication", answer=answer,
-                        gold=make_gold, note=note)
+                        gold=make_gold or already_gold, note=note)

@@ -1,5 +1,5 @@
 """A Python client for the app's HTTP API (/api/v1), on the standard library only: it needs no
-server code and nothing beyond Python itself.
+server code and nothing beyond Python itself (export_dataset needs the `datasets` package).
 
     from feedback.client import Client
 
@@ -8,6 +8,7 @@ server code and nothing beyond Python itself.
     for label in api.labels(project="default"):
         print(label["choice"], label["client_id"])
     api.export("dpo", path="dpo.jsonl", project="default")
+    api.export_dataset("dpo", "dpo-dataset", project="default")  # datasets.load_from_disk opens it
 
 Every error the API reports comes as ApiError with its status and message. Requests the server
 turned away before acting (429 rate limited, 503 database busy) and failed connections are
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 import urllib.error
 import urllib.parse
@@ -183,6 +185,61 @@ class Client:
             tmp.replace(target)
             return target
 
+    def export_dataset(self, fmt: str, directory: str | Path, *, with_test: bool = False, metadata: bool = False,
+                       **filters: Any) -> Path:
+        """The export of `fmt` as a Hugging Face `datasets.DatasetDict` written with `save_to_disk`
+        to `directory` (`datasets.load_from_disk(directory)["train"]` is what TRL trains on):
+        "train" from the train prompts and, with `with_test`, "test" from the val prompts (held out
+        for the gate: only when asked). `filters`: export's (project, sources) and its conversion
+        settings. `metadata` asks for the metadata columns too. `with_test` and `metadata` need a
+        server whose export takes `split` and `metadata`; one that does not is reported as an
+        ApiError and nothing is written. An earlier dataset in `directory` is replaced (anything
+        else there is refused); a reader never sees half a dataset. Needs the `datasets` package."""
+        for name in ("include_val", "split", "file", "path"):
+            if name in filters:
+                raise ValueError(f"export_dataset chooses {name!r} itself: train from the train prompts, "
+                                 "test from the val prompts with with_test=True.")
+        target = Path(directory)
+        _check_dataset_target(target)
+        extra = {"metadata": True} if metadata else {}
+        # Without include_val the export holds the train prompts only (prompts are train or val).
+        train = self._export_for_dataset(fmt, filters, extra)
+        if not train:
+            raise ValueError(f"No labels on train prompts to export as {fmt} (label some items first).")
+        test = self._export_for_dataset(fmt, filters, {**extra, "split": "val"}) if with_test else None
+
+        from datasets import Dataset, DatasetDict  # only here: the rest of the client needs no datasets
+
+        # One schema for both splits, inferred from all the rows (chat messages as lists of
+        # role/content structs); an empty split is an empty table of the same columns.
+        features = Dataset.from_list(train + (test or [])).features
+        splits = {"train": train} if test is None else {"train": train, "test": test}
+        dataset = DatasetDict({name: Dataset.from_list(rows, features=features) if rows
+                               else Dataset.from_dict({column: [] for column in features}, features=features)
+                               for name, rows in splits.items()})
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".part")
+        shutil.rmtree(tmp, ignore_errors=True)
+        dataset.save_to_disk(str(tmp))
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+        return target
+
+    def _export_for_dataset(self, fmt: str, filters: dict[str, Any], extra: dict[str, Any]) -> list[dict[str, Any]]:
+        try:
+            return self.export(fmt, **filters, **extra)
+        except ApiError as exc:
+            # A server whose export has no such parameter refuses it (422, "Unknown query parameter").
+            unknown = [name for name in extra if repr(name) in exc.message]
+            if exc.status == 422 and unknown and "Unknown query parameter" in exc.message:
+                asked = {"split": "with_test (the val split on its own)", "metadata": "metadata"}
+                raise ApiError(422, f"This server's export does not offer {' or '.join(asked[n] for n in unknown)}; "
+                                    "nothing was written. Ask without it, or on the server run `python -m "
+                                    f"feedback export {fmt} --to-dataset DIR` (--with-test, --metadata).",
+                               exc.body) from None
+            raise
+
     # --- jobs and policies ------------------------------------------------------------------
 
     def start_job(self, kind: str, config: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
@@ -224,6 +281,13 @@ class Client:
         """Deploy `name` and make it the active policy (admins); rolling back is promoting an older one."""
         return self._json("POST", f"/policies/{urllib.parse.quote(name, safe='')}/promote",
                           body={"override_reason": override_reason, "resample": resample}, retry=False)
+
+
+def _check_dataset_target(target: Path) -> None:
+    """A dataset directory may replace an earlier dataset or fill an empty directory, nothing else."""
+    if target.exists() and not (target.is_dir() and (not any(target.iterdir())
+                                                     or (target / "dataset_dict.json").exists())):
+        raise ValueError(f"{target} exists and is not a dataset directory: choose another directory.")
 
 
 def _job_id(job: int | dict[str, Any]) -> int:

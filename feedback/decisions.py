@@ -85,11 +85,6 @@ def attention_items():
     return select(ItemDecision.item_id).where(ItemDecision.origin == "attention")
 
 
-def decided_items(project_id: int):
-    """Item ids of the project that have a final answer: no more ordinary labels needed."""
-    return select(ItemDecision.item_id).where(ItemDecision.project_id == project_id)
-
-
 def gold_items(project_id: int | None = None):
     query = select(ItemDecision.item_id).where(ItemDecision.gold.is_(True))
     return query if project_id is None else query.where(ItemDecision.project_id == project_id)

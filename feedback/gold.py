@@ -174,7 +174,10 @@ def _gold_record(session: Session, project_id: int, user_id: int, since: datetim
     query = (select(Label.choice, Label.thumb, ItemDecision.choice, ItemDecision.thumb)
              .join(ItemDecision, ItemDecision.item_id == Label.item_id)
              .where(ItemDecision.project_id == project_id, ItemDecision.gold.is_(True),
-                    Label.user_id == user_id, Label.source == "human"))
+                    Label.user_id == user_id, Label.source == "human",
+                    # only answers given while it was gold: a label before a reviewer settled
+                    # the item was no check anyone was served
+                    Label.created_at >= ItemDecision.decided_at))
     if since is not None:
         query = query.where(Label.created_at >= since)
     rows = session.execute(query).all()
@@ -196,11 +199,7 @@ def after_label(*, session: Session, label: Label, project: Project) -> None:
     decision = session.get(ItemDecision, label.item_id)
     if decision is None or not decision.gold:
         return
-    standing = session.get(AnnotatorStanding, (project.id, label.user_id))
-    if standing is None:
-        standing = AnnotatorStanding(project_id=project.id, user_id=label.user_id, status="ok")
-        session.add(standing)
-    session.flush()
+    standing = _locked_standing(session, project.id, label.user_id)
     answers, correct = _gold_record(session, project.id, label.user_id, standing.counted_from)
     standing.gold_answers, standing.gold_correct = answers, correct
     if standing.status == "paused":
@@ -210,6 +209,26 @@ def after_label(*, session: Session, label: Label, project: Project) -> None:
         standing.status, standing.changed_at, standing.changed_by_id = status, utcnow(), None
         STANDING_ACTOR.record(session=session, action=f"standing.{status}", target=f"project:{project.name}",
                               details={"user_id": label.user_id, "gold_answers": answers, "gold_correct": correct})
+
+
+def _locked_standing(session: Session, project_id: int, user_id: int) -> AnnotatorStanding:
+    """The annotator's standing row, made if missing and locked on Postgres, so two gold answers
+    submitted at once are counted one after the other (the second recount sees the first's label,
+    committed). SQLite's write transactions are serialised already."""
+    session.flush()
+    dialect = session.get_bind().dialect.name
+    values = {"project_id": project_id, "user_id": user_id, "status": "ok", "gold_answers": 0, "gold_correct": 0,
+              "changed_at": utcnow()}
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    session.execute(insert(AnnotatorStanding).values(**values).on_conflict_do_nothing())
+    query = select(AnnotatorStanding).where(AnnotatorStanding.project_id == project_id,
+                                            AnnotatorStanding.user_id == user_id)
+    if dialect == "postgresql":
+        query = query.with_for_update()
+    return session.scalars(query.execution_options(populate_existing=True)).one()
 
 
 def standing_status(session: Session, project_id: int, user_id: int) -> str:

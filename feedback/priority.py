@@ -52,7 +52,7 @@ from sqlalchemy.orm import Session
 from db.models import QUEUE_ORDERS, Item, Judgment, Label, Project, utcnow
 from feedback.actors import Actor
 from feedback.errors import UserError
-from feedback.queue import open_items_query
+from feedback.queue import open_items_query, update_queue_settings
 from feedback.reliability import estimates_for, value_of
 
 MIDDLE = 0.5  # u of an item with no signal, and so its key
@@ -235,3 +235,14 @@ def _write(session: Session, keys: dict[int, float]) -> int:
     if keys:
         session.execute(update(Item), [{"id": item_id, "queue_key": key} for item_id, key in keys.items()])
     return len(keys)
+
+
+def save_queue_settings(*, session: Session, actor: Actor, project: Project, queue_order: str,
+                        rng: random_module.Random | None = None, **settings) -> Project:
+    """The queue settings (feedback.queue.update_queue_settings), and when the order changed, the
+    items' keys rewritten for it at once: a new order takes effect on the next claim."""
+    before = project.queue_order
+    update_queue_settings(session=session, actor=actor, project=project, queue_order=queue_order, **settings)
+    if project.queue_order != before:
+        reorder_queue(session=session, actor=actor, project=project, rng=rng)
+    return project

@@ -40,7 +40,7 @@ from db.models import (
 )
 from feedback import conversions, gold
 from feedback.actors import Actor, require_role
-from feedback.decisions import decided_items, gold_items
+from feedback.decisions import gold_items
 from feedback.errors import UserError
 from feedback.projects import current_guidelines, default_project, require_member
 from feedback.tags import has_any_tag
@@ -106,8 +106,9 @@ def open_items_query(*, settings: Project, now: datetime, dialect: str, user_id:
     not had). `settings` is the project: its queue settings are its own columns. Items with a
     final answer are not among them: an adjudicated one needs no more labels, and gold ones are
     handed out at the project's gold rate instead, to everyone."""
+    decided = select(ItemDecision.item_id).where(ItemDecision.item_id == Item.id)
     query = select(Item.id).where(Item.project_id == settings.id, _taken_slots(Item.id, now) < settings.overlap,
-                                  Item.id.not_in(decided_items(settings.id)))
+                                  ~exists(decided))  # NOT EXISTS probes the primary key per item
     if user_id is not None:
         mine = select(Assignment.id).where(Assignment.item_id == Item.id, Assignment.user_id == user_id)
         query = query.where(~exists(mine))
@@ -347,7 +348,9 @@ def _assignment_of_kind(session: Session, user: User, assignment_id: int, kind: 
     require_role(user, *ANNOTATING_ROLES)
     assignment = _assignment_for(session, user, assignment_id)
     # Removed from the project while holding a lease: that lease no longer lets them label.
-    require_member(session=session, user=user, project=session.get(Project, assignment.item.project_id))
+    project = session.get(Project, assignment.item.project_id)
+    require_member(session=session, user=user, project=project)
+    gold.require_not_paused(session=session, user=user, project=project)  # an old lease does not outlast a pause
     if assignment.item.kind != kind:
         raise UserError(f"That item is a {assignment.item.kind} item, not a {kind} item.")
     return assignment

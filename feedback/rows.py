@@ -452,7 +452,13 @@ def kto_rows(*, session: Session, scope: Scope = Scope(), settings: RowSettings 
         if verdict is not None:
             resolved[item_id] = (verdict == "up", f"binary:{thumbs_rule}", labels,
                                  [label for label in labels if label.thumb == verdict])
-    for item_id, labels in _labels(session, "score", scope).items():
+    scores = _labels(session, "score", scope)
+    decided_scores = _decisions(session, scope, [i for i in scores if i not in resolved])
+    for item_id, labels in scores.items():
+        if item_id not in resolved and item_id in decided_scores:  # a final answer wins over a score too
+            answer, origin = decided_scores[item_id]
+            resolved[item_id] = (answer == "up", f"binary:{origin}", labels, [])
+            continue
         if item_id not in resolved:  # a person's thumb on the same response wins over a score
             desirable = fmean(label.score for label in labels) >= settings.kto_threshold
             resolved[item_id] = (desirable, "grader:kto_threshold", labels,

@@ -7,7 +7,7 @@ import streamlit as st
 
 from db.engine import session_scope
 from db.models import QUEUE_ORDERS
-from feedback import gold, queue
+from feedback import gold, priority, queue
 from feedback.actors import Actor
 from feedback.conversions import DEFAULT_ASPECTS
 from feedback.errors import UserError
@@ -144,7 +144,7 @@ with tab_queue:
                              help="Which open item goes out first: the oldest, a random one, or the one whose "
                                   "labels so far are least certain.")
         if st.form_submit_button("Save", type="primary"):
-            if run(queue.update_queue_settings, project=project.name, overlap=int(overlap), lease_seconds=int(lease),
+            if run(priority.save_queue_settings, project=project.name, overlap=int(overlap), lease_seconds=int(lease),
                    prompt_tags=tags.split(","), policy_version_ids=chosen_versions,
                    refill_below=int(refill_below), refill_prompts=int(refill_prompts), queue_order=order):
                 done(f"Saved the queue settings of {project.name}.")

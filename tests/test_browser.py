@@ -3,6 +3,7 @@ journey. The app runs against a throw-away SQLite database seeded through the OR
 off (refill_below=0), so no sampling worker starts and no model is loaded."""
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -31,15 +32,18 @@ from db.models import (
     utcnow,
 )
 from feedback.actors import CLI
+from feedback.client import Client
 from feedback.conversions import edit_distance
 from feedback.export import export_rows
 from feedback.policies import ensure_base_policy
 from feedback.projects import add_member, create_project, default_project
 from feedback.prompts import canonical_messages, content_hash
 from feedback.settings import PROJECT_ROOT
+from feedback.tokens import create_token
 from feedback.users import create_user
 from testkit.factories import set_queue
 from testkit.local_servers import free_port
+from tests.trl_check import causal_lm
 
 pytestmark = [pytest.mark.browser]
 
@@ -51,7 +55,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SHOTS = Path("/tmp/shots")
 PASSWORDS = {"ann": "annotator-pw", "root": "admin-password", "eve": "fresh-annotator-pw",
-             "bob": "bob-annotator-pw", "cat": "cat-annotator-pw", "rev": "reviewer-pw"}
+             "bob": "bob-annotator-pw", "cat": "cat-annotator-pw", "rev": "reviewer-pw",
+             "dan": "dan-annotator-pw"}  # dan: made in the client journey, for its project only
 TIMEOUT_MS = 15_000
 
 # Four ordinary pairs and two single responses, with texts the test can find on the page.
@@ -785,3 +790,121 @@ def test_two_annotators_at_once_never_get_the_same_pair(browser, app_server):
     for _, user, choice, shown_order in rows:  # bob chose left, cat right, mapped through the shown order
         left, right = ("a", "b") if shown_order == "ab" else ("b", "a")
         assert choice == (left if user == "bob" else right)
+
+
+# The issue's "done when": records pushed from a script, labelled in the browser, trained on.
+SCRIPTED = "client-records"  # sorts before "default": the first project dan (a member of it only) is given
+
+
+@pytest.fixture
+def one_torch_thread():
+    """As in tests/test_stages.py: the tiny model only loses from intra-op threads on 2 busy cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.train
+def test_records_from_the_client_labelled_in_the_browser_train_dpo(page, app_server, tmp_path, tiny_model_dir,
+                                                                    one_torch_thread):
+    """A script using only feedback.client pushes 10 records (two named models' answers each)
+    into a pairwise project; an annotator labels all 10 on the Compare page, by keyboard and by
+    button; the script reads the 10 labels back by its own client ids, writes a datasets
+    directory, and TRL's DPOTrainer trains on `load_from_disk(DIR)["train"]`. Runs after the other
+    journeys: its 10 prompts would change the Data page's prompt count; its project is members-only
+    (dan alone), so nobody else is served its pairs."""
+    base, url = app_server
+    # The admin's part: a members-only pairwise project for dan (no refills: no sampling worker),
+    # and an API token for the script (what `python -m feedback tokens create --user root` makes).
+    engine = make_engine(url)
+    try:
+        with session_scope(engine) as s:
+            create_user(session=s, username="dan", role="annotator", password=PASSWORDS["dan"], actor=CLI)
+            project = create_project(session=s, actor=CLI, name=SCRIPTED, task_type="pairwise",
+                                     guidelines="Prefer the correct answer.")
+            set_queue(s, project=project, overlap=1, refill_below=0)
+            add_member(session=s, actor=CLI, project=project, username="dan")
+            _, token = create_token(session=s, actor=CLI, username="root", name="done-when script")
+    finally:
+        engine.dispose()
+
+    # The script, part 1: only the client, over HTTP.
+    api = Client(base, token)
+    assert api.me()["role"] == "admin"
+    good = {f"Scripted question {i}?": f"correct scripted answer {i}" for i in range(10)}
+    pushed = {}  # client id -> (prompt, position of the correct answer in the record)
+    for i, (question, right) in enumerate(good.items()):
+        wrong = f"mistaken scripted answer {i}"
+        responses, models = (([right, wrong], ["model-good", "model-bad"]) if i % 2 == 0
+                             else ([wrong, right], ["model-bad", "model-good"]))
+        record = api.compare(question, responses, models=models, project=SCRIPTED, metadata={"run": "done-when"})
+        assert record["created"] and len(record["item_ids"]) == 1
+        pushed[record["client_id"]] = (question, responses.index(right), models)
+    assert len(pushed) == 10
+
+    # The annotator, in Chromium: every pair, the correct answer chosen; keys for half, buttons for half.
+    sign_in(page, base, "dan")
+    expect(page.get_by_test_id("stSidebar").get_by_role("combobox", name="Project")).to_have_value(
+        f"{SCRIPTED} · pairwise")
+    expect(progress_caption(page)).to_contain_text("0 in all")
+    seen = []
+    for n in range(1, 11):
+        shown = shown_pair(page)
+        assert shown["prompt"] in good and shown["prompt"] not in seen
+        seen.append(shown["prompt"])
+        side = "left" if shown["left"] == good[shown["prompt"]] else "right"
+        assert shown[side] == good[shown["prompt"]]
+        if n % 2:
+            page.get_by_role("heading", name="Compare responses").click()  # focus on the page, not a field
+            page.keyboard.press("1" if side == "left" else "2")
+        else:
+            page.get_by_role("button", name=re.compile(r"^A is better" if side == "left" else r"^B is better")).click()
+        if n < 10:
+            wait_for_next_pair(page, previous_prompt=shown["prompt"], labelled=n)
+    expect(progress_caption(page)).to_contain_text(", 10 in all")
+    settled(page)
+    expect(progress_caption(page)).to_contain_text("0 pairs left for you")
+    assert sorted(seen) == sorted(good)
+    assert page.outside_requests == []
+
+    # The script, part 2: the labels back by client id, then a datasets directory.
+    labels = list(api.labels(project=SCRIPTED, page_size=4))
+    assert len(labels) == 10 and {label["client_id"] for label in labels} == set(pushed)
+    for label in labels:
+        question, right_at, models = pushed[label["client_id"]]
+        assert (label["kind"], label["source"], label["annotator"], label["project"]) == \
+            ("pairwise", "human", "dan", SCRIPTED)
+        assert label["choice"] == "ab"[right_at]  # in the record's own terms: a = responses[0]
+        assert [r["policy_version"] for r in label["responses"]] == [f"ext:{m}" for m in models]
+    directory = api.export_dataset("dpo", tmp_path / "dpo-dataset", project=SCRIPTED)
+
+    from datasets import load_from_disk
+    from trl import DPOConfig, DPOTrainer
+
+    train = load_from_disk(str(directory))["train"]
+    assert train.num_rows == 10 and {"prompt", "chosen", "rejected"} <= set(train.column_names)
+    by_prompt = {row["prompt"][-1]["content"]: row for row in train}
+    assert set(by_prompt) == set(good)
+    assert all(row["chosen"][-1]["content"] == good[q] and row["rejected"][-1]["content"].startswith("mistaken")
+               for q, row in by_prompt.items())
+
+    # TRL's DPOTrainer on the directory as load_from_disk gives it: two steps of the tiny model.
+    import torch
+
+    model, tokenizer = causal_lm(tiny_model_dir)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    args = DPOConfig(output_dir=str(tmp_path / "dpo"), use_cpu=True, bf16=False, max_steps=2,
+                     per_device_train_batch_size=2, learning_rate=1e-3, report_to=[], save_strategy="no",
+                     logging_steps=1, max_length=128, activation_checkpointing=False, dataloader_num_workers=0,
+                     seed=0)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    result = trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert trainer.state.global_step == 2 and len(losses) == 2
+    assert all(math.isfinite(loss) for loss in [*losses, result.training_loss]), losses
+    changed = [name for name, p in model.named_parameters() if not torch.equal(before[name], p.detach())]
+    assert "model.layers.0.self_attn.q_proj.weight" in changed
+    assert len(changed) > len(before) // 2, f"only {len(changed)} of {len(before)} parameters moved"

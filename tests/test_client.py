@@ -29,7 +29,7 @@ from feedback.actors import CLI
 from feedback.client import ApiError, Client, JobFailed, record_id
 from feedback.launchers import LAUNCHERS
 from feedback.policies import ensure_base_policy
-from feedback.projects import default_project
+from feedback.projects import create_project, default_project
 from feedback.settings import PROJECT_ROOT
 from feedback.tokens import create_token
 from testkit.local_servers import free_port
@@ -224,6 +224,67 @@ def test_errors_come_back_as_api_errors(app_server):
     with pytest.raises(ApiError) as unreachable:
         Client(f"http://127.0.0.1:{free_port()}", "fb_x", retries=0).me()
     assert unreachable.value.status == 0 and "Cannot reach" in unreachable.value.message
+
+
+def test_export_a_datasets_directory_with_the_client(app_server, tmp_path):
+    """export_dataset writes what `datasets.load_from_disk` opens: train from the train prompts
+    (a val record stays out), chat columns as lists of messages, the rows the JSON export gives.
+    With with_test the val split is the "test" split; metadata adds the columns that join rows
+    back. (After test_push_label_read_export: that one counts every
+    pairwise label.)"""
+    from datasets import load_from_disk
+
+    engine = make_engine(app_server["db"])
+    with session_scope(engine) as s:
+        project = create_project(session=s, actor=CLI, name="client-datasets", task_type="pairwise")
+        project_id = project.id
+    api = Client(app_server["base"], app_server["tokens"]["admin"])
+    chat = [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Colour of grass?"}]
+    for prompt, responses, split in ((chat, ["Green.", "Purple."], None),
+                                     ("Dataset question 1?", ["dataset answer 1", "wrong 1"], None),
+                                     ("Dataset question 2?", ["dataset answer 2", "wrong 2"], "train"),
+                                     ("Held-out question?", ["held-out answer", "wrong"], "val")):
+        api.compare(prompt, responses, models=["good-model", "bad-model"], project="client-datasets",
+                    **({"split": split} if split else {}))
+    with session_scope(engine) as s:
+        root = s.scalar(select(User).where(User.username == "root"))
+        for _ in range(4):
+            claim = queue.claim_next(session=s, user=root, project=project_id)
+            preferred = "left" if claim.left in ("Green.", "held-out answer") or claim.left.startswith("dataset") \
+                else "right"
+            queue.submit_pairwise(session=s, user=root, assignment_id=claim.assignment_id,
+                                  submission_id=uuid.uuid4().hex, preferred=preferred)
+    engine.dispose()
+
+    rows = api.export("dpo", project="client-datasets")
+    out = api.export_dataset("dpo", tmp_path / "data" / "dpo", project="client-datasets")
+    assert out == tmp_path / "data" / "dpo" and not (tmp_path / "data" / "dpo.part").exists()
+    dataset = load_from_disk(str(out))
+    assert list(dataset) == ["train"] and dataset["train"].num_rows == 3
+    assert dataset["train"].to_list() == rows
+    assert {r["chosen"][0]["content"] for r in rows} == {"Green.", "dataset answer 1", "dataset answer 2"}
+    assert [m["role"] for m in dataset["train"].filter(lambda r: len(r["prompt"]) == 2)[0]["prompt"]] == \
+        ["system", "user"]
+    # Again into the same directory: the earlier dataset is replaced.
+    again = api.export_dataset("dpo", out, project="client-datasets", sources=["human"])
+    assert load_from_disk(str(again))["train"].num_rows == 3
+
+    # With the val split as "test" and the metadata columns that join rows back to the database.
+    full = load_from_disk(str(api.export_dataset("dpo", tmp_path / "full", project="client-datasets",
+                                                 with_test=True, metadata=True)))
+    assert sorted(full) == ["test", "train"] and (full["train"].num_rows, full["test"].num_rows) == (3, 1)
+    assert full["test"][0]["chosen"][0]["content"] == "held-out answer" and full["test"][0]["split"] == "val"
+    assert {"item_id", "label_ids", "policy_versions", "agreement"} <= set(full["train"].column_names)
+    assert set(full["train"]["project"]) == {"client-datasets"}
+    with pytest.raises(ValueError, match="chooses 'include_val' itself"):
+        api.export_dataset("dpo", tmp_path / "x", include_val=True)
+    with pytest.raises(ValueError, match="No labels on train prompts"):
+        api.export_dataset("dpo", tmp_path / "x", project="client-datasets", sources=["judge"])
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not a dataset directory"):
+        api.export_dataset("dpo", tmp_path / "busy", project="client-datasets")
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
 
 
 def test_no_token_reaches_the_server_log(app_server):

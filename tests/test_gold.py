@@ -338,3 +338,54 @@ def test_a_settled_item_needs_no_more_labels(engine, people):
                                 note="obvious")
         assert queue.open_item_count(session=s) == 1
     assert [label_next(engine, people["annotators"][0], "left") for _ in range(2)] == [ids[1], None]
+
+
+def test_review_findings_a_pause_stops_old_leases_and_old_labels_are_no_gold_answers(engine, people):
+    """A paused annotator cannot submit on a lease from before the pause; labels given before an
+    item became gold do not count against anyone; settling a gold item again keeps it gold."""
+    with session_scope(engine) as s:
+        ids = make_items(s, pairs=6)
+        set_queue(s, overlap=3, gold_min_answers=1, gold_min_accuracy=0.7, lease_seconds=10)
+    a, b, c = people["annotators"]
+    for user_id, side in ((a, "left"), (b, "left"), (c, "right")):
+        label_next(engine, user_id, side)  # item ids[0]: two against one
+    with session_scope(engine) as s:
+        first = s.scalars(select(Label).where(Label.item_id == ids[0])).all()
+        majority = next(label.choice for label in first if [x.choice for x in first].count(label.choice) == 2)
+        adjudication.adjudicate(session=s, actor=as_actor(s, people["reviewer"]), item_id=ids[0], answer=majority,
+                                note="the two are right", make_gold=True)
+        adjudication.adjudicate(session=s, actor=as_actor(s, people["reviewer"]), item_id=ids[0], answer=majority,
+                                note="checked again")
+        assert s.get(ItemDecision, ids[0]).gold  # still gold
+        assert gold.standing_status(s, s.get(Project, default_project(session=s).id).id, c) == "ok"
+        # c takes an ordinary item and holds the lease; then gold answers pause c.
+        user = s.get(User, c)
+        held = queue.claim_next(session=s, user=user)
+        gold.mark_gold(session=s, actor=as_actor(s, people["reviewer"]), item_id=ids[5], answer="both_bad")
+        gold.mark_gold(session=s, actor=as_actor(s, people["reviewer"]), item_id=ids[4], answer="both_bad")
+        set_queue(s, gold_rate=1.0)
+        assert held.item_id not in (ids[4], ids[5])
+    later = utcnow() + timedelta(seconds=30)  # the held lease expired meanwhile, nobody took its slot
+    for _ in range(2):
+        with session_scope(engine) as s:
+            user = s.get(User, c)
+            claim = queue.claim_next(session=s, user=user, now=later, rng=random.Random(0))
+            queue.submit_pairwise(session=s, user=user, assignment_id=claim.assignment_id,
+                                  submission_id=f"p-{claim.assignment_id}", preferred="left", now=later)
+    with session_scope(engine) as s:
+        user = s.get(User, c)
+        assert queue.progress(session=s, user=user).standing == "paused"
+        with pytest.raises(UserError, match="paused"):
+            queue.submit_pairwise(session=s, user=user, assignment_id=held.assignment_id, submission_id="old-lease",
+                                  preferred="left", now=later)
+
+
+def test_a_decided_single_response_with_only_grader_scores_trains_on_its_decision(engine, people):
+    with session_scope(engine) as s:
+        (item_id,) = make_items(s, singles=1)
+        s.add(Label(item_id=item_id, kind="score", score=0.9, source="grader", producer="grader:numeric",
+                    submission_id="score-1"))
+        gold.mark_gold(session=s, actor=as_actor(s, people["reviewer"]), item_id=item_id, answer="down")
+    with session_scope(engine, read_only=True) as s:
+        rows = export_rows(session=s, fmt="kto")
+        assert [(r["label"], r["rule"]) for r in rows] == [(False, "binary:gold")]

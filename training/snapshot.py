@@ -24,10 +24,21 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import LABEL_SOURCES, Item, Label, PolicyVersion, Project, Prompt, Response, Snapshot, SnapshotLabel
+from db.models import (
+    LABEL_SOURCES,
+    Item,
+    ItemDecision,
+    Label,
+    PolicyVersion,
+    Project,
+    Prompt,
+    Response,
+    Snapshot,
+    SnapshotLabel,
+)
 from feedback.actors import Actor
 from feedback.config_fields import cfg_field
-from feedback.decisions import attention_items, decisions_for, value_of
+from feedback.decisions import attention_items, value_of
 from feedback.errors import UserError
 from feedback.export import rows_for
 from feedback.reliability import Estimates, estimates_for
@@ -77,7 +88,9 @@ class SnapshotFilter:
                            kto_from_pairs=self.kto_from_pairs, min_confidence=self.min_confidence)
 
 
-def _matching_label_ids(session: Session, f: SnapshotFilter) -> list[int]:
+def _matching_labels(session: Session, f: SnapshotFilter):
+    """A query of the ids of the labels the filter takes (a query, not a list: a snapshot can
+    hold more labels than Postgres takes bind parameters)."""
     train_items = select(Item.id).join(Prompt, Prompt.id == Item.prompt_id).where(Prompt.split == "train")
     query = select(Label.id).where(Label.source.in_(f.sources), Label.item_id.in_(train_items),
                                    Label.item_id.not_in(attention_items()))  # checks never train
@@ -94,7 +107,7 @@ def _matching_label_ids(session: Session, f: SnapshotFilter) -> list[int]:
         versions = select(PolicyVersion.id).where(PolicyVersion.name.in_(f.policy_versions))
         responses = select(Response.id).where(Response.policy_version_id.in_(versions))
         query = query.join(Item, Item.id == Label.item_id).where(Item.response_a_id.in_(responses))
-    return sorted(session.scalars(query))
+    return query
 
 
 def _aware(value: str) -> datetime:
@@ -105,10 +118,11 @@ def _aware(value: str) -> datetime:
 
 def create_snapshot(*, session: Session, filters: SnapshotFilter, actor: Actor) -> Snapshot:
     actor.require("admin")
-    label_ids = _matching_label_ids(session, filters)
+    matching = _matching_labels(session, filters)
+    label_ids = sorted(session.scalars(matching))
     if not label_ids:
         raise UserError("No labels match that filter: nothing to train on.")
-    decisions = _frozen_decisions(session, label_ids)
+    decisions = _frozen_decisions(session, matching)
     content: dict[str, Any] = {"labels": label_ids, "filters": asdict(filters)}
     if decisions:  # a new final answer makes a new snapshot (without any, hashes are as before)
         content["decisions"] = decisions
@@ -120,7 +134,7 @@ def create_snapshot(*, session: Session, filters: SnapshotFilter, actor: Actor) 
     if decisions:  # final answers (gold, adjudicated) as they were when it was made
         frozen["decisions"] = decisions
     if filters.rule == "reliability":  # the estimates it trains on, kept with it (they follow from the labels)
-        frozen["estimates"] = _reliability_estimates(session, label_ids)
+        frozen["estimates"] = _reliability_estimates(session, matching)
     snapshot = Snapshot(content_hash=digest, filters=frozen, n_labels=len(label_ids), created_by_id=actor.user_id)
     try:
         with session.begin_nested():
@@ -135,13 +149,14 @@ def create_snapshot(*, session: Session, filters: SnapshotFilter, actor: Actor) 
     return snapshot
 
 
-def _frozen_decisions(session: Session, label_ids: list[int]) -> dict[str, list[str]]:
-    item_ids = set(session.scalars(select(Label.item_id).where(Label.id.in_(label_ids))))
-    return {str(item_id): [value_of(d), d.origin] for item_id, d in sorted(decisions_for(session, item_ids).items())}
+def _frozen_decisions(session: Session, matching) -> dict[str, list[str]]:
+    decided = session.scalars(select(ItemDecision).where(
+        ItemDecision.item_id.in_(select(Label.item_id).where(Label.id.in_(matching.scalar_subquery())))))
+    return {str(d.item_id): [value_of(d), d.origin] for d in sorted(decided, key=lambda d: d.item_id)}
 
 
-def _reliability_estimates(session: Session, label_ids: list[int]) -> dict[str, Any]:
-    labels = list(session.scalars(select(Label).where(Label.id.in_(label_ids))))
+def _reliability_estimates(session: Session, matching) -> dict[str, Any]:
+    labels = list(session.scalars(select(Label).where(Label.id.in_(matching.scalar_subquery()))))
     return {kind: estimates_for(session, [label for label in labels if label.kind == kind]).as_json()
             for kind in ("pairwise", "binary")}
 
