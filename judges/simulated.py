@@ -162,6 +162,10 @@ def parse_pool(spec: str) -> list[tuple[str, int, Annotator]]:
         pool.append((kind, count, SIMULATED.get(kind)(options)))
     if not pool:
         raise UserError("Name at least one simulated annotator, e.g. grader:3,random:1.")
+    kinds = [kind for kind, _, _ in pool]
+    if len(set(kinds)) < len(kinds):  # users are sim-<kind>-<n>: two entries of a kind would share them
+        raise UserError("Name each kind once (its users are sim-<kind>-1, -2, ...); "
+                        f"{', '.join(sorted({k for k in kinds if kinds.count(k) > 1}))} appears twice.")
     return pool
 
 
@@ -205,7 +209,11 @@ def run_simulation(*, engine: Engine, project: str, pool: str, labels: int, acto
     written, skipped, paused = Counter(), Counter(), Counter()
     active = list(people)
     while active and sum(written.values()) < labels:
-        for entry in list(active):  # one claim each per turn, like people working side by side
+        # One claim each per turn, like people working side by side, in a fresh (seeded) order each
+        # turn: in a fixed order the queue's oldest-first items would go to the same annotators
+        # every time (with overlap 5 of 10, every other item to the same five).
+        rng.shuffle(active)
+        for entry in list(active):
             if sum(written.values()) >= labels:
                 break
             user_id, kind, annotator = entry

@@ -116,6 +116,7 @@ def test_thumbs_in_a_binary_project(engine):
     ("grader:2:noise=2", "noise is a probability"),
     ("left:1:noise=0.1", "'left' takes no options"),
     ("grader:1:grader=regex:[", "regex"),
+    ("grader:2:noise=0.1,random:1,grader:1", "grader appears twice"),
 ])
 def test_bad_pools_are_user_errors(pool, message):
     with pytest.raises(UserError, match=message):
