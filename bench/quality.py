@@ -25,7 +25,7 @@ gain as a share of the clean arm's. The pool takes its turns in a fresh seeded o
     .venv/bin/python bench/quality.py --prompts 96 --samples 8 --seed 1
 
 A second part (label efficiency: reward-model accuracy after N labels chosen by uncertainty vs at
-random) is `--part efficiency` (bench/label_efficiency.py).
+random) is meant to join as another `--part`; see PARTS.
 """
 from __future__ import annotations
 
@@ -398,15 +398,9 @@ def render_labels(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_efficiency(args: argparse.Namespace, workdir: Path, data: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Label efficiency (bench/label_efficiency.py, which imports this module: imported here, late)."""
-    from bench import label_efficiency
-
-    return label_efficiency.run_efficiency(args, workdir, data)
-
-
-# Parts: name -> runner(args, workdir, data).
-PARTS = {"labels": run_labels, "efficiency": run_efficiency}
+# Parts: name -> runner(args, workdir, data). Label efficiency (reward-model accuracy after N labels
+# chosen by uncertainty vs at random, feedback/priority.py) is the next one to add.
+PARTS = {"labels": run_labels}
 
 
 # --- entry point -----------------------------------------------------------------------------------
@@ -414,10 +408,7 @@ PARTS = {"labels": run_labels, "efficiency": run_efficiency}
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=tuple(PARTS), default="labels",
-                   help="labels: majority vs Dawid-Skene vs gold pausing, and a DPO round on each; efficiency: "
-                        "reward-model accuracy after labels chosen by uncertainty vs at random "
-                        "(bench/label_efficiency.py; its options below)")
+    p.add_argument("--part", choices=tuple(PARTS), default="labels")
     p.add_argument("--prompts", type=int, default=64, help="train prompts sampled from the base policy")
     p.add_argument("--samples", type=int, default=8,
                    help="samples per prompt (disjoint pairs of distinct answers: up to samples/2 pairs a prompt)")
@@ -436,9 +427,6 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=None, help="databases and adapters (default: a temp dir)")
     p.add_argument("--json-out", type=Path, default=None, help="write all results as JSON here")
-    from bench import label_efficiency
-
-    label_efficiency.add_arguments(p.add_argument_group("--part efficiency"))
     return p
 
 
