@@ -25,7 +25,7 @@ gain as a share of the clean arm's. The pool takes its turns in a fresh seeded o
     .venv/bin/python bench/quality.py --prompts 96 --samples 8 --seed 1
 
 A second part (label efficiency: reward-model accuracy after N labels chosen by uncertainty vs at
-random) is meant to join as another `--part`; see PARTS.
+random) is bench/label_efficiency.py, which imports this module's helpers.
 """
 from __future__ import annotations
 
@@ -398,8 +398,7 @@ def render_labels(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# Parts: name -> runner(args, workdir, data). Label efficiency (reward-model accuracy after N labels
-# chosen by uncertainty vs at random, feedback/priority.py) is the next one to add.
+# Parts: name -> runner(args, workdir, data). (Label efficiency is bench/label_efficiency.py.)
 PARTS = {"labels": run_labels}
 
 
