@@ -389,3 +389,43 @@ def test_a_decided_single_response_with_only_grader_scores_trains_on_its_decisio
     with session_scope(engine, read_only=True) as s:
         rows = export_rows(session=s, fmt="kto")
         assert [(r["label"], r["rule"]) for r in rows] == [(False, "binary:gold")]
+
+
+def test_two_gold_answers_at_once_are_both_kept_and_counted(engine, people):
+    """The same annotator answers two gold items at the same moment (an expired lease and a fresh
+    one, from two tabs): both labels are kept and the standing counts both (on Postgres the
+    standing row is made and locked before the recount)."""
+    import threading
+
+    with session_scope(engine) as s:
+        ids = make_items(s, pairs=2)
+        set_queue(s, overlap=1, gold_rate=1.0, lease_seconds=10, gold_min_answers=5)
+        for item_id in ids:
+            gold.mark_gold(session=s, actor=as_actor(s, people["reviewer"]), item_id=item_id, answer="tie")
+    user_id = people["annotators"][0]
+    later = utcnow() + timedelta(seconds=30)
+    with session_scope(engine) as s:
+        first = queue.claim_next(session=s, user=s.get(User, user_id), rng=random.Random(0)).assignment_id
+    with session_scope(engine) as s:  # the first lease has expired: a second item
+        second = queue.claim_next(session=s, user=s.get(User, user_id), now=later, rng=random.Random(1)).assignment_id
+    barrier, errors = threading.Barrier(2), []
+
+    def answer(assignment_id: int) -> None:
+        try:
+            barrier.wait(timeout=10)  # before the session: SQLite's write transactions queue up at BEGIN
+            with session_scope(engine) as s:
+                queue.submit_pairwise(session=s, user=s.get(User, user_id), assignment_id=assignment_id,
+                                      submission_id=f"twin-{assignment_id}", preferred="tie", now=later)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=answer, args=(a,)) for a in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    with session_scope(engine, read_only=True) as s:
+        assert s.scalar(select(func.count()).select_from(Label).where(Label.user_id == user_id)) == 2
+        (standing,) = gold.standings(session=s, actor=CLI, project=default_project(session=s))
+        assert (standing.gold_answers, standing.gold_correct, standing.status) == (2, 2, "ok")
