@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from db.engine import engine_for, session_scope
 from feedback.actors import Actor
 from feedback.settings import get_settings
-from feedback.tokens import authenticate, hash_token
+from feedback.tokens import authenticate, hash_token, note_token_use, use_is_stale
 
 bearer = HTTPBearer(auto_error=False, scheme_name="token",
                     description="An API token: `python -m feedback tokens create --user NAME` prints one.")
@@ -37,8 +37,15 @@ def _caller(request: Request, credentials: Annotated[HTTPAuthorizationCredential
     token = credentials.credentials if credentials else ""
     if token:
         request.app.state.buckets.take(hash_token(token), get_settings().api_rate_limit_per_minute)
-    with session_scope(get_engine()) as session:  # a write session: it may note the token's use
-        user = authenticate(session=session, token=token)
+    engine = get_engine()
+    # Read first; a write transaction (BEGIN IMMEDIATE on SQLite) only to note the token's use,
+    # about once a minute, not on every request.
+    with session_scope(engine, read_only=True) as session:
+        user = authenticate(session=session, token=token, note_use=False)
+        stale = use_is_stale(session=session, token=token)
+    if stale:
+        with session_scope(engine) as session:
+            note_token_use(session=session, token=token)
     return Caller(actor=Actor(name=f"api:{user.username}", user=user), token=token)
 
 

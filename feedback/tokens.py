@@ -109,11 +109,13 @@ def revoke_token(*, session: Session, actor: Actor, token_id: int) -> bool:
     return True
 
 
-def authenticate(*, session: Session, token: str | None, now: datetime | None = None) -> User:
+def authenticate(*, session: Session, token: str | None, now: datetime | None = None,
+                 note_use: bool = True) -> User:
     """The active user `token` acts as; AuthenticationFailed (with the reason) otherwise.
 
-    Notes the token's use (last_used_at) at most once a minute, in the caller's session, which
-    must therefore be a write session."""
+    With `note_use`, notes the token's use (last_used_at) at most once a minute, in the caller's
+    session, which must then be a write session; without, `use_is_stale` says whether a caller
+    should note it (the API reads first, and takes a write transaction only about once a minute)."""
     if not token:
         raise AuthenticationFailed("No API token: send the header 'Authorization: Bearer <token>' "
                                    "(make one with `python -m feedback tokens create --user NAME`).")
@@ -132,13 +134,29 @@ def authenticate(*, session: Session, token: str | None, now: datetime | None = 
                                    f"{row.expires_at:%Y-%m-%d %H:%M} UTC.")
     if not user.active:
         raise AuthenticationFailed(f"The account {user.username!r} this token belongs to is deactivated.")
-    if row.last_used_at is None or now - row.last_used_at >= TOUCH_EVERY:
-        # Conditional, so two requests at the same moment write it once.
-        session.execute(update(ApiToken).where(ApiToken.id == row.id,
-                                               (ApiToken.last_used_at.is_(None))
-                                               | (ApiToken.last_used_at <= now - TOUCH_EVERY))
-                        .values(last_used_at=now).execution_options(synchronize_session=False))
+    if note_use and _stale(row.last_used_at, now):
+        note_token_use(session=session, token=token, now=now)
     return user
+
+
+def _stale(last_used_at: datetime | None, now: datetime) -> bool:
+    return last_used_at is None or now - last_used_at >= TOUCH_EVERY
+
+
+def use_is_stale(*, session: Session, token: str, now: datetime | None = None) -> bool:
+    """Whether the token's last use is older than a minute (or never noted)."""
+    last = session.scalar(select(ApiToken.last_used_at).where(ApiToken.token_hash == hash_token(token)))
+    return _stale(last, now or utcnow())
+
+
+def note_token_use(*, session: Session, token: str, now: datetime | None = None) -> None:
+    """Set last_used_at, unless a request noted it within the minute (conditional, so two requests
+    at the same moment write it once)."""
+    now = now or utcnow()
+    session.execute(update(ApiToken).where(ApiToken.token_hash == hash_token(token),
+                                           (ApiToken.last_used_at.is_(None))
+                                           | (ApiToken.last_used_at <= now - TOUCH_EVERY))
+                    .values(last_used_at=now).execution_options(synchronize_session=False))
 
 
 def token_info(*, session: Session, token: str) -> TokenInfo | None:
