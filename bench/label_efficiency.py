@@ -48,7 +48,6 @@ import argparse
 import json
 import random
 import shutil
-import tempfile
 import time
 from datetime import UTC, datetime
 from statistics import mean
@@ -56,7 +55,7 @@ from typing import Any
 
 from bench.loop import TASKS as LOOP_TASKS
 from bench.loop import fmt, say, table, write_data
-from bench.machine import load_line, machine_line
+from bench.machine import load_line, run_benchmark
 from bench.quality import PROJECT, Db, Truth, make_base
 from feedback.actors import CLI
 
@@ -448,31 +447,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from cli import job_kinds
-
-    job_kinds.install()  # as every entry point does: the table of job kinds lives in cli/
     args = make_parser().parse_args(argv)
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from feedback.model_cache import prepare_default_model
-
-    t0 = time.perf_counter()
-    data = write_data()
-    say(f"# Label-efficiency benchmark (issue 11), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    say(f"command: {' '.join([Path(sys.executable).name, *(sys.argv if argv is None else [__file__, *argv])])}")
-    say(f"machine: {machine_line()}; {load_line()}")
-    prepare_default_model()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-efficiency-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    say(f"workdir: {workdir}")
-    result = run_efficiency(args, workdir, data)
-    say(f"\nTotal wall time: {(time.perf_counter() - t0) / 60:.1f} min ({load_line()})")
-    out = {"argv": sys.argv if argv is None else argv, "machine": machine_line(), "result": result}
-    if args.json_out:
-        args.json_out.write_text(json.dumps(out, indent=1, default=str))
-    return out
+    return run_benchmark(title="Label-efficiency benchmark (issue 11)", args=args, prefix="bench-efficiency-",
+                         argv=argv, body=lambda workdir: run_efficiency(args, workdir, write_data()))
 
 
 if __name__ == "__main__":

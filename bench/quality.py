@@ -42,16 +42,14 @@ import json
 import os
 import random
 import sqlite3
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict
-from datetime import UTC, datetime
 from typing import Any
 
 from bench.loop import TASKS as LOOP_TASKS
 from bench.loop import HeldOut, fmt, say, table, write_data
-from bench.machine import load_line, machine_line
+from bench.machine import load_line, run_benchmark
 from feedback.actors import CLI, Actor
 
 PROJECT = "quality"
@@ -430,31 +428,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from cli import job_kinds
-
-    job_kinds.install()  # as every entry point does: the table of job kinds lives in cli/
     args = make_parser().parse_args(argv)
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from feedback.model_cache import prepare_default_model
-
-    t0 = time.perf_counter()
-    data = write_data()
-    say(f"# Label-quality benchmark (issue 11), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    say(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    say(f"machine: {machine_line()}; {load_line()}")
-    prepare_default_model()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-quality-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    say(f"workdir: {workdir}")
-    result = PARTS[args.part](args, workdir, data)
-    say(f"\nTotal wall time: {(time.perf_counter() - t0) / 60:.1f} min ({load_line()})")
-    out = {"argv": sys.argv, "machine": machine_line(), "result": result}
-    if args.json_out:
-        args.json_out.write_text(json.dumps(out, indent=1, default=str))
-    return out
+    return run_benchmark(title="Label-quality benchmark (issue 11)", args=args, prefix="bench-quality-", argv=argv,
+                         body=lambda workdir: PARTS[args.part](args, workdir, write_data()))
 
 
 if __name__ == "__main__":

@@ -315,3 +315,14 @@ def config_form(cls: type, *, key: str, columns: int = 3) -> dict:
             else:
                 values[spec.name] = spec.kind(text) if spec.kind in (int, float) else text
     return changed(cls, values)
+
+
+def call_service(user: User, action, **kwargs):
+    """Call a service as the signed-in `user`, in one transaction; show its refusal (inert: it can
+    echo what was typed) and return None instead of failing."""
+    try:
+        with session_scope(get_engine()) as s:
+            return action(session=s, actor=Actor.signed_in(user), **kwargs)
+    except UserError as exc:
+        st.error(inert_markdown(str(exc)))
+        return None

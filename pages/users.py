@@ -6,8 +6,7 @@ from db.engine import session_scope
 from db.models import ROLES
 from feedback import users
 from feedback.actors import Actor
-from feedback.errors import UserError
-from pages.common import get_engine, require_page_role
+from pages.common import call_service, get_engine, require_page_role
 
 me = require_page_role("admin")
 engine = get_engine()
@@ -15,13 +14,8 @@ st.title("Users")
 
 
 def run(action, **kwargs):
-    """Call a user service as the signed-in admin; show its error instead of failing."""
-    try:
-        with session_scope(engine) as s:
-            return action(session=s, actor=Actor.signed_in(me), **kwargs)
-    except UserError as exc:
-        st.error(str(exc))
-        return None
+    """Call a user service as the signed-in admin (pages.common.call_service)."""
+    return call_service(me, action, **kwargs)
 
 
 with st.form("add_user", clear_on_submit=True):

@@ -9,7 +9,7 @@ from db.engine import session_scope
 from feedback import webhooks
 from feedback.actors import Actor
 from feedback.errors import UserError
-from pages.common import get_engine, require_page_role
+from pages.common import call_service, get_engine, require_page_role
 
 me = require_page_role("admin")
 engine = get_engine()
@@ -22,13 +22,8 @@ st.caption("Each event is POSTed as JSON with the headers X-Feedback-Event, X-Fe
 
 
 def run(action, **kwargs):
-    """Call a webhook service as the signed-in admin; show its error instead of failing."""
-    try:
-        with session_scope(engine) as s:
-            return action(session=s, actor=Actor.signed_in(me), **kwargs)
-    except UserError as exc:
-        st.error(str(exc))
-        return None
+    """Call a webhook service as the signed-in admin (pages.common.call_service)."""
+    return call_service(me, action, **kwargs)
 
 
 with st.form("add_webhook", clear_on_submit=True):

@@ -61,3 +61,58 @@ def new_database(server_url: str, prefix: str = "t_") -> str:
     with psycopg.connect(server_url.replace("+psycopg", "") + "/postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return f"{server_url}/{name}"
+
+
+class AppDidNotStart(RuntimeError):
+    """`streamlit run app.py` exited or did not answer in time; the message ends with its log."""
+
+
+def _answers(base: str) -> bool:
+    """Both the pages (Streamlit's health check) and the API mounted next to them answer."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
+            if r.read().decode().strip() != "ok":
+                return False
+        with urllib.request.urlopen(f"{base}/api/openapi.json", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def running_app(database_url: str, log: Path, *, timeout_s: float = 90) -> Iterator[str]:
+    """`streamlit run app.py` (the pages and the API on one port, as `make run` serves them) on a
+    free port over `database_url`, with no Anthropic key in its environment; yields its base URL
+    once both answer, and stops it afterwards. Its output goes to `log`."""
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parent.parent
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
+    env["DATABASE_URL"] = database_url
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _answers(base):
+            if proc.poll() is not None:
+                raise AppDidNotStart(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AppDidNotStart(f"the app did not answer in {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.25)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

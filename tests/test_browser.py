@@ -4,12 +4,7 @@ off (refill_below=0), so no sampling worker starts and no model is loaded."""
 from __future__ import annotations
 
 import math
-import os
 import re
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -42,7 +37,7 @@ from feedback.settings import PROJECT_ROOT
 from feedback.tokens import create_token
 from feedback.users import create_user
 from testkit.factories import set_queue
-from testkit.local_servers import free_port
+from testkit.local_servers import AppDidNotStart, running_app
 from tests.trl_check import causal_lm
 
 pytestmark = [pytest.mark.browser]
@@ -176,39 +171,12 @@ def app_server(tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('browser') / 'app.sqlite3'}"
     upgrade(url)
     _seed(url)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
-    env["DATABASE_URL"] = url
     log = tmp_path_factory.mktemp("browser-log") / "streamlit.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-            cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
-                    if r.read().decode().strip() == "ok":
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not become healthy in 60 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.25)
-        yield base, url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        with running_app(url, log) as base:
+            yield base, url
+    except AppDidNotStart as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")

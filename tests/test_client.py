@@ -8,9 +8,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -30,9 +27,8 @@ from feedback.client import ApiError, Client, JobFailed, record_id
 from feedback.launchers import LAUNCHERS
 from feedback.policies import ensure_base_policy
 from feedback.projects import create_project, default_project
-from feedback.settings import PROJECT_ROOT
 from feedback.tokens import create_token
-from testkit.local_servers import free_port
+from testkit.local_servers import AppDidNotStart, free_port, running_app
 
 
 def _seed(url: str) -> dict[str, str]:
@@ -67,40 +63,12 @@ def app_server(tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('client') / 'app.sqlite3'}"
     upgrade(url)
     tokens = _seed(url)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
-    env["DATABASE_URL"] = url
     log = tmp_path_factory.mktemp("client-log") / "streamlit.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-            cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while _up(base) is False:
-            if proc.poll() is not None:
-                pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the app did not answer in 90 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.25)
-        yield {"base": base, "db": url, "tokens": tokens, "log": log}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _up(base: str) -> bool:
-    try:
-        return _get(f"{base}/_stcore/health")[1].strip() == "ok" and _get(f"{base}/api/openapi.json")[0] == 200
-    except OSError:
-        return False
+        with running_app(url, log) as base:
+            yield {"base": base, "db": url, "tokens": tokens, "log": log}
+    except AppDidNotStart as exc:
+        pytest.fail(str(exc))
 
 
 def test_the_pages_and_the_api_are_served_by_one_process_on_one_port(app_server):
