@@ -34,9 +34,10 @@ from db.models import LABEL_KINDS, LABEL_SOURCES, Job, PolicyVersion
 from feedback import jobs
 from feedback.errors import UserError
 from feedback.export import FORMATS, export_rows
+from feedback.label_pages import MAX_LABELS_PAGE, read_labels
 from feedback.policies import gate_decision, list_policies
 from feedback.prompts import import_prompt_rows
-from feedback.records import MAX_LABELS_PAGE, push_record, read_labels
+from feedback.records import push_record
 from feedback.release import release_policy
 from feedback.settings import get_settings
 from feedback.tokens import token_info

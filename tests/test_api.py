@@ -44,10 +44,11 @@ from db.models import (
 from feedback import jobs, queue
 from feedback.actors import CLI, Actor
 from feedback.errors import PermissionDenied, UserError
+from feedback.label_pages import read_labels
 from feedback.launchers import LAUNCHERS
 from feedback.policies import ensure_base_policy
 from feedback.projects import create_project, default_project
-from feedback.records import push_record, read_labels
+from feedback.records import push_record
 from feedback.tokens import (
     AuthenticationFailed,
     authenticate,
