@@ -151,6 +151,9 @@ class Project(Base):
     gold_min_accuracy: Mapped[float] = mapped_column(Float, default=0.7, server_default=text("0.7"))
     gold_min_answers: Mapped[int] = mapped_column(Integer, default=5, server_default=text("5"))
     queue_order: Mapped[str] = mapped_column(String(16), default="oldest", server_default=text("'oldest'"))
+    # Arena mode: refills sample blind head-to-head pairs of two of `policy_version_ids` on the
+    # same prompt (the page never names the versions), for the leaderboard.
+    arena: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -562,6 +565,27 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+class UserSession(Base):
+    """A browser sign-in. Only hashes are stored: `ticket_hash` of the one-time ticket the
+    signed-in tab trades, once and within a minute, for the session cookie; `token_hash` of the
+    token in that HttpOnly cookie. Revoked on sign-out, password reset, deactivation and role change."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    ticket_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    ticket_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    client: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_reason: Mapped[str | None] = mapped_column(String(32))
+
+
 class Webhook(Base):
     """A URL that receives signed JSON POSTs for the events it subscribes to. Its signing secret
     is not stored: it is derived from the server's secret key and the webhook's id."""
@@ -600,13 +624,16 @@ class WebhookDelivery(Base):
 
 
 class SignInFailure(Base):
-    """Failed sign-ins, for rate limiting across every app process."""
+    """Failed sign-ins, for rate limiting per username and per client across every app process."""
 
     __tablename__ = "sign_in_failures"
-    __table_args__ = (Index("ix_sign_in_failures_username_at", "username", "at"),)
+    __table_args__ = (Index("ix_sign_in_failures_username_at", "username", "at"),
+                      Index("ix_sign_in_failures_client_at", "client", "at"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64))
+    # The client's address as the server saw it ("" when unknown).
+    client: Mapped[str] = mapped_column(String(64), default="", server_default=text("''"))
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
