@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 
 from api import errors, routes
 from api.limits import BodyLimit, TokenBuckets
+from api.session_routes import session_routes
 from cli import job_kinds
 
 MOUNT = "/api"
@@ -37,6 +38,6 @@ def create_app() -> FastAPI:
     return app
 
 
-def api_routes() -> list[Mount]:
+def api_routes() -> list[Mount | Route]:
     """What st.App serves next to the pages: the API under /api."""
-    return [Mount(MOUNT, app=create_app())]
+    return [Mount(MOUNT, app=create_app()), *session_routes()]  # and /session/*: the sign-in cookie

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from cli import imports, job_kinds, judging, priority, projects, quality, tokens, training, webhooks
+from cli import imports, job_kinds, judging, leaderboard, priority, projects, quality, tokens, training, webhooks
 from cli.common import get_engine, read_password_stdin, run_job_inline
 from feedback.errors import UserError
 
@@ -324,6 +324,7 @@ def make_parser() -> argparse.ArgumentParser:
     judging.add_commands(sub)
     priority.add_commands(sub)
     quality.add_commands(sub)
+    leaderboard.add_commands(sub)
     training.add_commands(sub)
     tokens.add_commands(sub)
     webhooks.add_commands(sub)

@@ -87,6 +87,16 @@ def cmd_guidelines(args) -> None:
     print(f"{args.project}: guidelines are at v{version}")
 
 
+def cmd_arena(args) -> None:
+    from db.engine import session_scope
+    from feedback.actors import CLI
+    from feedback.projects import get_project, set_arena
+
+    with session_scope(get_engine()) as session:
+        set_arena(session=session, actor=CLI, project=get_project(session=session, name=args.project), arena=args.on)
+    print(f"{args.project}: arena mode {'on: refills sample two of its versions head to head' if args.on else 'off'}")
+
+
 def add_commands(sub) -> None:
     from feedback.projects import TASKS
 
@@ -118,3 +128,9 @@ def add_commands(sub) -> None:
     p.add_argument("project")
     p.add_argument("file")
     p.set_defaults(func=cmd_guidelines)
+    p = projects.add_parser("arena", help="arena mode: refills pit two of the project's policy versions, blind")
+    p.add_argument("project")
+    switch = p.add_mutually_exclusive_group(required=True)
+    switch.add_argument("--on", dest="on", action="store_true", help="turn it on (needs two or more versions)")
+    switch.add_argument("--off", dest="on", action="store_false", help="turn it off")
+    p.set_defaults(func=cmd_arena)

@@ -541,6 +541,10 @@ class AnnotatorStanding(Base):
     status: Mapped[str] = mapped_column(String(8), default="ok")
     gold_answers: Mapped[int] = mapped_column(Integer, default=0)  # counted since counted_from
     gold_correct: Mapped[int] = mapped_column(Integer, default=0)
+    # Gold answers the annotator took back with "undo": they still count (an undo must not erase
+    # a miss the warning just revealed), on top of the answers recounted from the labels.
+    undone_answers: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    undone_correct: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     counted_from: Mapped[datetime | None] = mapped_column(UTCDateTime())
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     changed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))

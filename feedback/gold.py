@@ -199,8 +199,28 @@ def after_label(*, session: Session, label: Label, project: Project) -> None:
     decision = session.get(ItemDecision, label.item_id)
     if decision is None or not decision.gold:
         return
+    _recount(session, project, label.user_id)
+
+
+def after_undo(*, session: Session, label: Label, project: Project) -> None:
+    """Called by the queue when a person takes back a label (its row already deleted): an answer
+    on a gold item, counted in the standing, keeps counting as given, so "undo" cannot erase a miss
+    (and the next answer on the item counts as well)."""
+    decision = session.get(ItemDecision, label.item_id)
+    if label.source != "human" or decision is None or not decision.gold or label.created_at < decision.decided_at:
+        return
     standing = _locked_standing(session, project.id, label.user_id)
-    answers, correct = _gold_record(session, project.id, label.user_id, standing.counted_from)
+    if standing.counted_from is not None and label.created_at < standing.counted_from:
+        return  # from before an admin lifted a pause: no longer counted
+    standing.undone_answers += 1
+    standing.undone_correct += (label.choice or label.thumb) == (decision.choice or decision.thumb)
+    _recount(session, project, label.user_id)
+
+
+def _recount(session: Session, project: Project, user_id: int) -> None:
+    standing = _locked_standing(session, project.id, user_id)
+    answers, correct = _gold_record(session, project.id, user_id, standing.counted_from)
+    answers, correct = answers + standing.undone_answers, correct + standing.undone_correct
     standing.gold_answers, standing.gold_correct = answers, correct
     if standing.status == "paused":
         return
@@ -208,7 +228,7 @@ def after_label(*, session: Session, label: Label, project: Project) -> None:
     if status != standing.status:
         standing.status, standing.changed_at, standing.changed_by_id = status, utcnow(), None
         STANDING_ACTOR.record(session=session, action=f"standing.{status}", target=f"project:{project.name}",
-                              details={"user_id": label.user_id, "gold_answers": answers, "gold_correct": correct})
+                              details={"user_id": user_id, "gold_answers": answers, "gold_correct": correct})
 
 
 def _locked_standing(session: Session, project_id: int, user_id: int) -> AnnotatorStanding:
@@ -253,6 +273,7 @@ def lift_pause(*, session: Session, actor: Actor, project: Project, username: st
         raise UserError(f"{username} is not warned or paused on {project.name!r}.")
     before = standing.status
     standing.status, standing.gold_answers, standing.gold_correct = "ok", 0, 0
+    standing.undone_answers = standing.undone_correct = 0
     standing.counted_from = standing.changed_at = utcnow()
     standing.changed_by_id = actor.user_id
     actor.record(session=session, action="standing.lift", target=f"project:{project.name}",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import TASK_TYPES, Guidelines, Item, Project, ProjectMember, User
+from db.models import TASK_TYPES, Guidelines, Item, PolicyVersion, Project, ProjectMember, User, utcnow
 from feedback.actors import SETUP, Actor
 from feedback.conversions import DEFAULT_ASPECTS
 from feedback.errors import UserError
@@ -189,6 +189,27 @@ def add_guidelines(*, session: Session, actor: Actor, project: Project, text: st
     actor.record(session=session, action="project.guidelines", target=f"project:{project.name}",
                  details={"version": version, "chars": len(text)})
     return guidelines
+
+
+def set_arena(*, session: Session, actor: Actor, project: Project, arena: bool) -> Project:
+    """Arena mode on or off. While on, the project's refills sample blind head-to-head pairs of
+    two of its policy versions (feedback/refill.py: arena_pair) for the leaderboard, so it needs a
+    pairwise project with at least two versions chosen in its queue settings that can be sampled."""
+    actor.require("admin")
+    versions = list(session.scalars(select(PolicyVersion.name).where(
+        PolicyVersion.id.in_(project.policy_version_ids), PolicyVersion.status != "external")
+        .order_by(PolicyVersion.name)))
+    if arena and project.task_type != "pairwise":
+        raise UserError(f"Arena mode makes pairs; {project.name!r} is a {project.task_type} project.")
+    if arena and len(versions) < 2:
+        raise UserError(f"Arena mode pits two of the project's policy versions against each other: choose at "
+                        f"least two in {project.name!r}'s queue settings first (outside models, whose responses "
+                        "were imported, cannot be sampled).")
+    project.arena = bool(arena)
+    project.updated_at, project.updated_by_id = utcnow(), actor.user_id
+    actor.record(session=session, action="project.arena", target=f"project:{project.name}",
+                 details={"arena": project.arena, "versions": versions})
+    return project
 
 
 def item_counts(*, session: Session) -> dict[int, int]:

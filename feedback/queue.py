@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, delete, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, joinedload
 
@@ -35,6 +35,7 @@ from db.models import (
     Project,
     Prompt,
     Response,
+    SnapshotLabel,
     User,
     utcnow,
 )
@@ -460,6 +461,66 @@ def skip(*, session: Session, user: User, assignment_id: int, now: datetime | No
         assignment.status, assignment.finished_at = "skipped", now or utcnow()
 
 
+# What the audit log keeps of an undone label: its values, since the row itself goes.
+UNDONE_LABEL_FIELDS = ("kind", "choice", "strength", "thumb", "ranking", "ratings", "edited_text", "edit_distance",
+                       "rationale", "shown_order", "shown_permutation", "submission_id", "guidelines_id")
+ALREADY_UNDONE = "Nothing to undo: that label was taken back already."
+IN_A_SNAPSHOT = "Too late to undo: this label is already in a training snapshot."
+
+
+def undo_last_label(*, session: Session, user: User, label_id: int, now: datetime | None = None) -> int:
+    """Take back one's own label while the item is still theirs. The label is deleted (the audit
+    log keeps its values) and its assignment is leased to them again: the same assignment, with
+    the same expiry, so their page shows the item again and the next submit writes one label.
+
+    Refused once the lease has run out (the item may be someone else's by then), once the label
+    is frozen into a training snapshot, and once a reviewer has decided the item after it. A gold
+    answer is undone like any other, so nobody learns which items are checks; their standing is
+    recounted without it. Returns the assignment's id."""
+    require_role(user, *ANNOTATING_ROLES)
+    now = now or utcnow()
+    label = session.get(Label, label_id)
+    if label is None:
+        raise UserError(ALREADY_UNDONE)
+    if label.user_id != user.id or label.source != "human":
+        raise UserError("That label is not yours to undo.")
+    # Locked (on SQLite the write lock serialises anyway): a second undo at the same moment waits
+    # here, then finds the assignment leased again and refuses.
+    query = (select(Assignment).options(joinedload(Assignment.item, innerjoin=True))
+             .where(Assignment.item_id == label.item_id, Assignment.user_id == user.id))
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(of=Assignment, key_share=True)
+    assignment = session.scalar(query.execution_options(populate_existing=True))
+    if assignment is None:  # e.g. an imported label
+        raise UserError("Only a label given on a labelling page can be undone.")
+    if assignment.status != "done":
+        raise UserError(ALREADY_UNDONE)
+    if assignment.expires_at <= now:
+        raise UserError("Too late to undo: your time on this item has run out.")
+    if session.scalar(select(exists().where(SnapshotLabel.label_id == label.id))):
+        raise UserError(IN_A_SNAPSHOT)
+    decision = session.get(ItemDecision, label.item_id)
+    if decision is not None and decision.decided_at >= label.created_at:  # a gold answer predates the label
+        raise UserError("Too late to undo: a reviewer has already decided this item.")
+    project = session.get(Project, assignment.item.project_id)
+    require_member(session=session, user=user, project=project)
+    gold.require_not_paused(session=session, user=user, project=project)
+    details = {"label_id": label.id, "assignment_id": assignment.id,
+               **{name: value for name in UNDONE_LABEL_FIELDS if (value := getattr(label, name)) is not None}}
+    try:
+        with session.begin_nested():
+            deleted = session.execute(delete(Label).where(Label.id == label.id)).rowcount
+    except IntegrityError:  # Postgres: a snapshot being made referenced the label first
+        raise UserError(IN_A_SNAPSHOT) from None
+    if deleted != 1:
+        raise UserError(ALREADY_UNDONE)
+    assignment.status, assignment.finished_at = "leased", None
+    Actor.signed_in(user).record(session=session, action="label.undo", target=f"item:{label.item_id}",
+                                 details=details)
+    gold.after_undo(session=session, label=label, project=project)  # a gold answer keeps counting
+    return assignment.id
+
+
 @dataclass(frozen=True)
 class Progress:
     today: int
@@ -469,11 +530,18 @@ class Progress:
 
 
 def progress(*, session: Session, user: User, project: Project | int | None = None, kind: str | None = None,
-             now: datetime | None = None) -> Progress:
-    """This annotator's labels today and in all (in this project), and what is left for them."""
+             now: datetime | None = None, tz: str = "UTC") -> Progress:
+    """This annotator's labels today and in all (in this project), and what is left for them.
+    "Today" starts at midnight in the annotator's time zone `tz` (an IANA name)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
     now = now or utcnow()
     settings = resolve_project(session, project, kind)
-    start_of_day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    try:
+        local_now = now.astimezone(ZoneInfo(tz))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UserError(f"Unknown time zone {tz[:64]!r}; give an IANA name such as Europe/Berlin.") from None
+    start_of_day = local_now.replace(hour=0, minute=0, second=0, microsecond=0)
     mine = (select(func.count()).select_from(Label).join(Item, Item.id == Label.item_id)
             .where(Label.user_id == user.id, Label.source == "human", Item.project_id == settings.id))
     open_query = open_items_query(settings=settings, now=now, dialect=session.get_bind().dialect.name,

@@ -104,6 +104,15 @@ class Settings(BaseSettings):
         description="Requests one API token may make per minute, per app process (a token bucket holding a "
         "minute's worth); more get 429 with Retry-After. 0: no limit.",
     )
+    session_days: float = Field(
+        default=14, gt=0,
+        description="Days a browser sign-in lasts (its HttpOnly cookie) before signing in again.",
+    )
+    sign_in_client_limit: int = Field(
+        default=20, ge=0,
+        description="Failed sign-ins one client (an IPv4 address, an IPv6 /64) may make in 15 minutes, whatever "
+        "the usernames, before its sign-ins are refused for the rest of them. 0: no per-client limit.",
+    )
 
 
 def get_settings() -> Settings:

@@ -12,6 +12,7 @@ from pages.common import (
     poll_while_waiting,
     record_label,
     require_page_role,
+    saved_banner,
     selected_project,
     show_chat,
     show_guidelines,
@@ -36,6 +37,7 @@ def submit(assignment_id: int, submission_id: str) -> None:
 
 @st.fragment(run_every=poll_while_waiting(project))
 def edit() -> None:
+    saved_banner(engine, user, project)
     claim = claim_or_wait(engine=engine, user=user, project=project, noun="responses")
     if claim is None:
         take_error()
@@ -52,7 +54,8 @@ def edit() -> None:
                                           lineterm=""))
     st.code(diff or "(no changes: submitting says the response is fine as it is)", language="diff")
     # The distance the label will record (the queue compares the stripped texts too).
-    st.caption(f"Edit distance: {edit_distance(original.strip(), edited.strip())} characters")
+    distance = edit_distance(original.strip(), edited.strip())
+    st.caption(f"Edit distance: {distance} character{'' if distance == 1 else 's'}")
     st.text_input("Why? (optional)", key=f"rationale-{aid}")
     take_error()
     c1, c2 = st.columns([1, 5])

@@ -9,6 +9,7 @@ from pages.common import (
     poll_while_waiting,
     record_label,
     require_page_role,
+    saved_banner,
     selected_project,
     show_chat,
     show_guidelines,
@@ -38,17 +39,17 @@ def submit(assignment_id: int, submission_id: str, preferred: str) -> None:
 @st.fragment(run_every=poll_while_waiting(project))
 def vote() -> None:
     take_error()
+    saved_banner(engine, user, project)
     claim = claim_or_wait(engine=engine, user=user, project=project, noun="pairs")
     if claim is None:
         return
     submission_id = submission_id_for(claim.assignment_id)
     show_guidelines(engine, project, claim.guidelines_id)
     show_chat(claim.messages)
-    left, right = st.columns(2)
-    with left:
-        show_response("Response A", claim.left)
-    with right:
-        show_response("Response B", claim.right or "")
+    # Grid cells share their row's height: the two boxes are equally tall, whatever the texts.
+    boxes = st.grid(2, border=True)
+    show_response("Response A", claim.left, box=boxes.cell())
+    show_response("Response B", claim.right or "", box=boxes.cell())
     st.segmented_control("How much better? (optional)", ["slight", "much"], key=f"strength-{claim.assignment_id}",
                          format_func={"slight": "slightly", "much": "much better"}.get)
     st.text_area("Why? (optional)", key=f"rationale-{claim.assignment_id}", height=68)

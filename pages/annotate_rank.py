@@ -10,6 +10,7 @@ from pages.common import (
     poll_while_waiting,
     record_label,
     require_page_role,
+    saved_banner,
     selected_project,
     show_chat,
     show_guidelines,
@@ -39,6 +40,7 @@ def submit(assignment_id: int, submission_id: str, k: int) -> None:
 
 @st.fragment(run_every=poll_while_waiting(project))
 def rank() -> None:
+    saved_banner(engine, user, project)
     claim = claim_or_wait(engine=engine, user=user, project=project, noun="items")
     if claim is None:
         take_error()
@@ -48,8 +50,9 @@ def rank() -> None:
     show_guidelines(engine, project, claim.guidelines_id)
     show_chat(claim.messages)
     options = list(range(1, k + 1))
+    boxes = st.grid(2, border=True)  # side by side, a row's boxes equally tall
     for i, text in enumerate(claim.responses):  # in the order shown; the label records it
-        box = show_response(f"Response {i + 1}", text)
+        box = show_response(f"Response {i + 1}", text, box=boxes.cell())
         box.segmented_control(f"Rank of response {i + 1}", options, key=f"rank-{aid}-{i}",
                               help="1 = best; give equal ranks for ties")
     st.text_area("Why? (optional)", key=f"rationale-{aid}", height=68)

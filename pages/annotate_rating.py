@@ -11,6 +11,7 @@ from pages.common import (
     poll_while_waiting,
     record_label,
     require_page_role,
+    saved_banner,
     selected_project,
     show_chat,
     show_guidelines,
@@ -45,6 +46,7 @@ def submit(assignment_id: int, submission_id: str, k: int) -> None:
 
 @st.fragment(run_every=poll_while_waiting(project))
 def rate() -> None:
+    saved_banner(engine, user, project)
     claim = claim_or_wait(engine=engine, user=user, project=project, noun="items")
     if claim is None:
         take_error()

@@ -1,16 +1,19 @@
 """What every page needs: the shared engine, the signed-in user, role checks, the picked project."""
 from __future__ import annotations
 
+import html
+import logging
 import uuid
 
 import streamlit as st
 from sqlalchemy import Engine
+from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
 from db.engine import engine_for, session_scope
 from db.models import Guidelines, Job, Project, User
 from feedback.actors import Actor
 from feedback.errors import UserError
-from feedback.render import inert_markdown
+from feedback.render import inert_markdown, inert_text
 from feedback.settings import get_settings
 
 
@@ -24,17 +27,69 @@ def get_engine() -> Engine:
     return _engine(get_settings().database_url)
 
 
+# The browser session (feedback.sessions) in st.session_state: the row this tab signed in with or
+# found through the cookie, the ticket its first runs hand the browser, and a flag the sign-in page
+# reads after a sign-out to have the browser forget the cookie. user_id is kept for convenience.
+SESSION_KEY, USER_KEY, TICKET_KEY, SIGNED_OUT_KEY = "session_id", "user_id", "session_ticket", "signed_out"
+
+
+def request_text(value: object) -> str:
+    """A cookie, header or address from st.context as text ("" when absent; AppTest's stand-in
+    runtime answers these with mock objects)."""
+    return value if isinstance(value, str) else ""
+
+
 def signed_in_user() -> User | None:
-    """The signed-in user, freshly loaded: a deactivated account or changed role applies at once."""
-    user_id = st.session_state.get("user_id")
-    if user_id is None:
+    """The signed-in user, freshly loaded each run, through the browser's session cookie (a reload,
+    another tab) or the session this tab signed in with (until its cookie is set). A revoked or
+    expired session or a deactivated account signs out at once; a role change revokes too."""
+    from feedback.sessions import COOKIE_NAME, touch_session, user_for_session_id, user_for_token
+
+    engine = get_engine()
+    with session_scope(engine, read_only=True) as session:
+        active = (user_for_token(session=session, token=request_text(st.context.cookies.get(COOKIE_NAME)))
+                  or user_for_session_id(session=session, session_id=st.session_state.get(SESSION_KEY)))
+    if active is None:
+        for key in (SESSION_KEY, USER_KEY, TICKET_KEY):
+            st.session_state.pop(key, None)
         return None
-    with session_scope(get_engine(), read_only=True) as session:
-        user = session.get(User, user_id)
-    if user is None or not user.active:
-        st.session_state.pop("user_id", None)
-        return None
-    return user
+    if active.touch_due:  # a write transaction about once a minute, not on every rerun
+        with session_scope(engine) as session:
+            touch_session(session=session, session_id=active.session_id)
+    st.session_state[SESSION_KEY], st.session_state[USER_KEY] = active.session_id, active.user.id
+    return active.user
+
+
+SIGNED_OUT = "You were signed out (in another tab, or an admin changed your account); sign in again."
+
+
+def still_signed_in(user: User) -> User | None:
+    """`user` as of now, or None when they are no longer signed in here. Fragments and widget
+    callbacks run without app.py, so the user a page run loaded may be stale (its session revoked,
+    its account deactivated): they check again with this, before opening their own transaction.
+    Services then get `session.get(User, id)`, never `session.merge(user)`: a merge would write the
+    stale object's fields (an old password hash, `active`) back over the row."""
+    current = signed_in_user()
+    return current if current is not None and current.id == user.id else None
+
+
+def fetch_quietly(path: str) -> None:
+    """Have the browser GET `path` on this server, as an image it never shows: how a script gets
+    a cookie set or deleted (api/session_routes.py). The one st.html in the pages: fixed markup,
+    and `path` (ours, with a URL-safe ticket) is escaped all the same."""
+    st.html(f'<img src="{html.escape(path, quote=True)}" alt="" width="0" height="0" style="display:none">')
+
+
+def user_timezone() -> str:
+    """The browser's IANA time zone for "today" and the day charts; UTC when the browser sends
+    none (AppTest) or one this machine's tz database does not know, rather than an error."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    tz = st.context.timezone
+    try:
+        return tz if tz and ZoneInfo(tz) else "UTC"
+    except (ZoneInfoNotFoundError, ValueError):
+        return "UTC"
 
 
 def require_page_role(*roles: str) -> User:
@@ -56,10 +111,12 @@ def show_chat(messages: list[dict[str, str]]) -> None:
             st.markdown(inert_markdown(message["content"]))
 
 
-def show_response(title: str, text: str):
-    """A bordered box with the (untrusted, inert) response; returned so a page can add its
-    pickers to the same box."""
-    box = st.container(border=True)
+def show_response(title: str, text: str, *, box=None):
+    """The (untrusted, inert) response under its title, in a bordered box of its own or in `box`:
+    a cell of `st.grid(n, border=True)`, where every cell of a row is as tall as the tallest, so
+    side-by-side responses get boxes of one height without any text cut off. Returned so a page
+    can add its pickers to the same box."""
+    box = st.container(border=True) if box is None else box
     box.markdown(f"**{title}**")
     box.markdown(inert_markdown(text) if text.strip() else "_(empty response)_")
     return box
@@ -84,15 +141,17 @@ def claim_or_wait(*, engine: Engine, user: User, project: Project, noun: str):
     from feedback import queue
     from feedback.refill import maybe_refill, refill_running
 
+    if still_signed_in(user) is None:
+        st.rerun(scope="app")  # app.py shows the sign-in page
     waiting_key = f"waiting-{project.id}"
     try:
         with session_scope(engine) as s:
-            me = s.merge(user)
+            me = s.get(User, user.id)
             claim = queue.claim_next(session=s, user=me, project=project.id)
-            progress = queue.progress(session=s, user=me, project=project.id)
+            progress = queue.progress(session=s, user=me, project=project.id, tz=user_timezone())
             refilling = refill_running(session=s, project=project)
     except UserError as exc:  # not (or no longer) a member of this project, or paused on it
-        st.error(str(exc))
+        st.error(inert_text(exc))  # it can name the project
         return None
     if claim is None or progress.open_for_me < 5:
         refilling = bool(maybe_refill(engine=engine, database_url=get_settings().database_url,
@@ -194,27 +253,79 @@ def humanise(name: str) -> str:
     return name.replace("_", " ").capitalize()
 
 
+LAST_LABEL = "last-label"  # in st.session_state: the label saved_banner confirms and can undo
+UNDO_ERROR = "undo-error"
+
+
 def record_label(engine: Engine, user: User, submit, **values) -> None:
     """A submit button's callback body: record a label with `submit` (one of queue.submit_*) as
-    this annotator; a refusal is kept for take_error to show on the next run."""
+    this annotator; a refusal is kept for take_error to show on the next run, a label written (or
+    found written already) for saved_banner."""
     from feedback.errors import UserError
 
+    if still_signed_in(user) is None:
+        st.session_state["annotate-error"] = SIGNED_OUT
+        return
     try:
         with session_scope(engine) as s:
-            submit(session=s, user=s.merge(user), **values)
+            label = submit(session=s, user=s.get(User, user.id), **values)
+            project_id = label.item.project_id  # the item is in the session already: no query
     except UserError as exc:
         st.session_state["annotate-error"] = str(exc)
+        return
+    last = st.session_state.get(LAST_LABEL)
+    if last is None or last["label_id"] != label.id:  # a double click confirms once
+        st.session_state[LAST_LABEL] = {"label_id": label.id, "project_id": project_id, "toasted": False}
 
 
 def take_error(key: str = "annotate-error") -> None:
     """Show (once) the message a submit callback left for this rerun."""
     if error := st.session_state.pop(key, None):
-        st.warning(error)
+        st.warning(inert_text(error))  # a service's message: it can echo what was typed
 
 
 def submission_id_for(assignment_id: int) -> str:
     """One id per showing: a double click or a rerun submits the same id and writes one label."""
     return st.session_state.setdefault(f"submission-{assignment_id}", uuid.uuid4().hex)
+
+
+def _undo_last_label(engine: Engine, user: User) -> None:
+    from feedback import queue
+
+    last = st.session_state.pop(LAST_LABEL, None)
+    if last is None:
+        return
+    if still_signed_in(user) is None:
+        st.session_state[UNDO_ERROR] = SIGNED_OUT
+        return
+    try:
+        with session_scope(engine) as s:
+            assignment_id = queue.undo_last_label(session=s, user=s.get(User, user.id), label_id=last["label_id"])
+    except UserError as exc:
+        st.session_state[UNDO_ERROR] = str(exc)
+        return
+    # A fresh submission id for the item's next showing; its widgets come back unanswered anyway
+    # (Streamlit dropped their state when the next item replaced them).
+    st.session_state.pop(f"submission-{assignment_id}", None)
+    st.session_state["undone"] = True
+
+
+def saved_banner(engine: Engine, user: User, project: Project) -> None:
+    """After a submit in `project`: "Saved" (a toast, then a caption) with an "Undo last label"
+    button that gives the item back (feedback.queue.undo_last_label says until when)."""
+    take_error(UNDO_ERROR)
+    if st.session_state.pop("undone", False):
+        st.toast("Undone: the item is back for you to label again.", icon=":material/undo:")
+    last = st.session_state.get(LAST_LABEL)
+    if last is None or last["project_id"] != project.id:
+        return
+    if not last["toasted"]:
+        st.toast("Saved.", icon=":material/check:")
+        last["toasted"] = True
+    row = st.container(horizontal=True, vertical_alignment="center", gap="xsmall")
+    row.caption(":material/check: Saved · you can take your last label back while the item is still yours")
+    row.button("Undo last label", key=f"undo-{last['label_id']}", type="tertiary", icon=":material/undo:",
+               on_click=_undo_last_label, args=(engine, user))
 
 
 def _eta(job) -> str:
@@ -225,6 +336,37 @@ def _eta(job) -> str:
     elapsed = (utcnow() - job.started_at).total_seconds()
     left = elapsed / job.progress_done * (job.progress_total - job.progress_done)
     return f" · about {int(left // 60)} min {int(left % 60)} s left"
+
+
+def job_result_text(result: dict, *, most: int = 12) -> str:
+    """A job's result for people: its `summary` sentence when it has one, else "key: value"
+    pairs (nested dicts flattened to "metrics.loss", numbers rounded, long lists counted)."""
+    summary = result.get("summary")
+    if isinstance(summary, str) and summary.strip():
+        return summary
+
+    def shown(value) -> str:
+        if isinstance(value, bool) or value is None:
+            return {True: "yes", False: "no", None: "none"}[value]
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, (list, tuple)):
+            if len(value) <= 5 and all(isinstance(v, (str, int, float)) for v in value):
+                return ", ".join(map(shown, value)) or "none"
+            return f"{len(value)} items"
+        text = str(value)
+        return text if len(text) <= 80 else text[:79] + "…"
+
+    def pairs(values: dict, prefix: str = ""):
+        for key, value in values.items():
+            if isinstance(value, dict) and value:
+                yield from pairs(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}: {shown(value)}"
+
+    lines = list(pairs(result))
+    more = f" · and {len(lines) - most} more" if len(lines) > most else ""
+    return " · ".join(lines[:most]) + more
 
 
 def job_progress_rows(*, engine: Engine, kind: str, user: User, unit: str, limit: int = 5) -> None:
@@ -241,9 +383,7 @@ def job_progress_rows(*, engine: Engine, kind: str, user: User, unit: str, limit
             text = f"Job {job.id} · {job.status} · {job.progress_done}/{total or '?'} {unit}{_eta(job)}"
             st.progress(min(1.0, job.progress_done / total) if total else 0.0, text=text)
             if job.status == "succeeded" and job.result:
-                summary = job.result.get("summary")  # jobs that say what happened in a sentence
-                st.caption(summary if isinstance(summary, str) else
-                           ", ".join(f"{k}: {v}" for k, v in job.result.items()))
+                st.caption(inert_text(job_result_text(job.result)))  # it names models, files, constitutions
             if job.status in ("failed", "interrupted") and job.error:
                 st.code(job.error[-2000:], language=None)
             if job.status in jobs.ACTIVE and st.button("Cancel", key=f"cancel-{job.id}"):
@@ -262,6 +402,25 @@ def live_job_progress(*, engine: Engine, kind: str, user: User, unit: str) -> No
     job_progress_rows(engine=engine, kind=kind, user=user, unit=unit)
 
 
+PAGE_FAILED = "Something went wrong on this page. It has been logged; try again, or tell an admin."
+
+
+def run_page(page, user: User | None) -> None:
+    """Run the page st.navigation picked. An exception escaping it goes to the log with its
+    traceback; people see a short apology, and admins the exception too (the traceback can
+    name files, queries and values that annotators should not see). st.rerun, st.stop and
+    st.switch_page raise ScriptControlException, which must reach Streamlit untouched."""
+    try:
+        page.run()
+    except ScriptControlException:
+        raise
+    except Exception as exc:
+        logging.getLogger(__name__).exception("page %s failed", getattr(page, "url_path", page))
+        st.error(PAGE_FAILED)
+        if user is not None and user.role == "admin":
+            st.exception(exc)
+
+
 def start_admin_job(engine: Engine, user: User, *, kind: str, config: dict) -> Job:
     """Create a job as this admin (the role checked in the same transaction) and start its worker
     once that has committed, so the worker finds the job row."""
@@ -277,8 +436,11 @@ def skip_item(engine: Engine, user: User, assignment_id: int) -> None:
     """Button callback: give the item back; this annotator is not offered it again."""
     from feedback import queue
 
+    if still_signed_in(user) is None:
+        st.session_state["annotate-error"] = SIGNED_OUT
+        return
     with session_scope(engine) as s:
-        queue.skip(session=s, user=s.merge(user), assignment_id=assignment_id)
+        queue.skip(session=s, user=s.get(User, user.id), assignment_id=assignment_id)
 
 
 def config_form(cls: type, *, key: str, columns: int = 3) -> dict:

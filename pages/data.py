@@ -17,6 +17,7 @@ from feedback.errors import UserError
 from feedback.export import FORMATS, export_rows, to_jsonl
 from feedback.projects import visible_projects
 from feedback.prompts import import_prompt_file_bytes
+from feedback.render import inert_markdown, inert_text
 from feedback.rows import RowSettings
 from feedback.sampling import SamplingConfig
 from feedback.settings import get_settings
@@ -50,9 +51,9 @@ with tab_import:
                 report = import_prompt_file_bytes(session=session, data=upload.getvalue(), filename=upload.name,
                                                   on_error=mode, actor=Actor.signed_in(user))
         except UserError as exc:
-            st.error(str(exc))
+            st.error(inert_text(str(exc)))  # it echoes the file's values: shown as typed
         else:
-            (st.success if report.committed else st.error)(report.summary())
+            (st.success if report.committed else st.error)(inert_text(report.summary()))
             if report.errors:
                 st.dataframe(pd.DataFrame([{"where": e.where, "reason": e.reason} for e in report.errors]),
                              hide_index=True, width="stretch")
@@ -101,7 +102,7 @@ with tab_sample:
             job = start_admin_job(engine, user, kind="sample", config=asdict(config))
             st.toast(f"Sampling job {job.id} started")
         except UserError as exc:
-            st.error(str(exc))
+            st.error(inert_markdown(str(exc)))
 
     live_job_progress(engine=engine, kind="sample", user=user, unit="prompts")
 
@@ -123,7 +124,7 @@ with tab_export:
             rows = export_rows(session=session, fmt=fmt, sources=sources, include_val=include_val,
                                project=export_project, settings=RowSettings(**changed)) if sources else []
     except UserError as exc:
-        st.error(str(exc))
+        st.error(inert_markdown(str(exc)))
         rows = []
     st.write(f"{len(rows)} rows")
     if rows:  # the first rows as JSON text: prompts and responses are untrusted, never markdown

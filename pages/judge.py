@@ -2,18 +2,20 @@
 background jobs and watch them, and see how far the judge agrees with people."""
 from dataclasses import asdict
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 
 from db.engine import session_scope
 from feedback.actors import Actor
 from feedback.errors import UserError
+from feedback.render import inert_markdown, inert_text
 from judges import calibration
 from judges.backends import BACKENDS
 from judges.batch import JudgeConfig, recent_judgments
 from judges.constitutions import DEFAULT_NAME, ensure_shipped, list_constitutions, save_constitution
 from judges.graders import parse_grader
-from pages.common import get_engine, live_job_progress, require_page_role, start_admin_job
+from pages.common import get_engine, live_job_progress, require_page_role, start_admin_job, user_timezone
 
 me = require_page_role("admin")
 engine = get_engine()
@@ -43,9 +45,9 @@ with tab_constitutions:
                 saved = save_constitution(session=s, name=new_name, principles=edited.splitlines(),
                                           actor=Actor.signed_in(me))
                 label = f"{saved.name} v{saved.version}"
-            st.success(f"Saved {label}.")
+            st.success(f"Saved {inert_text(label)}.")
         except UserError as exc:
-            st.error(str(exc))
+            st.error(inert_markdown(str(exc)))
     st.dataframe(pd.DataFrame([{"name": c.name, "version": c.version, "principles": len(c.principles),
                                 "hash": c.content_hash[:12], "created": c.created_at} for c in constitutions]),
                  hide_index=True, width="stretch")
@@ -84,7 +86,7 @@ with tab_run:
             job = start_admin_job(engine, me, kind="judge", config=asdict(config))
             st.toast(f"Judge job {job.id} started")
         except UserError as exc:
-            st.error(str(exc))
+            st.error(inert_markdown(str(exc)))
 
     live_job_progress(engine=engine, kind="judge", user=me, unit="pairs")
 
@@ -111,19 +113,68 @@ with tab_graders:
             job = start_admin_job(engine, me, kind="grade", config={"spec": spec, "limit": int(grade_limit) or None})
             st.toast(f"Grading job {job.id} started")
         except UserError as exc:
-            st.error(str(exc))
+            st.error(inert_markdown(str(exc)))
 
     live_job_progress(engine=engine, kind="grade", user=me, unit="items")
 
 with tab_calibration:
+    period = st.segmented_control("Per", list(calibration.PERIODS), default="week", key="calibration-period") or "week"
     with session_scope(engine, read_only=True) as s:
         report = calibration.judge_report(session=s)
+        over_time = calibration.calibration_over_time(session=s, period=period, tz=user_timezone())
         humans = calibration.human_agreement(session=s)
+
+    def shown(value, n: int) -> str:
+        """A figure with the n behind it, or why there is none to read."""
+        if not calibration.enough(n):
+            return f"not enough data yet (n={n})"
+        return f"{value:.2f} (n={n})" if value is not None else f"undefined: one answer throughout (n={n})"
+
     st.subheader("Judge, per constitution version")
     st.caption("Agreement and Cohen's kappa against the human majority on pairs both labelled; the flip rate is "
-               "the share of judgments whose two orders disagreed; longer-wins is how often the longer response won.")
-    st.dataframe(pd.DataFrame(report), hide_index=True, width="stretch")
+               "the share of judgments whose two orders disagreed; longer-wins is how often the longer response won. "
+               f"A figure needs {calibration.MIN_N} pairs behind it: with fewer, one more pair moves it by 20 points "
+               "or more.")
+    if not report:
+        st.info("No judgments yet — run a batch (Run a batch tab; the calibration selection judges pairs people "
+                "have labelled) and the judge's agreement, kappa, flip rate and length bias appear here.")
+    else:
+        st.dataframe(pd.DataFrame([
+            {"constitution": r["constitution"], "judgments": r["judgments"], "labels": r["labels"],
+             **{title: shown(r[figure], r[n]) for figure, n, title in calibration.FIGURES}, "cost_usd": r["cost_usd"]}
+            for r in report]), hide_index=True, width="stretch")
+        st.subheader(f"Per {period}")
+        points = pd.DataFrame([
+            {"period": r["period"], "constitution": r["constitution"], "figure": title, "value": r[figure],
+             "n": r[n]}
+            for r in over_time for figure, n, title in calibration.FIGURES
+            if calibration.enough(r[n]) and r[figure] is not None])
+        for k, (figure, n, title) in enumerate(calibration.FIGURES):
+            if k % 2 == 0:  # two per row, in reading order
+                chart_cols = st.columns(2)
+            with chart_cols[k % 2]:
+                st.markdown(f"**{title}**")
+                mine = points[points["figure"] == title] if not points.empty else points
+                if mine.empty and any(calibration.enough(r[n]) for r in over_time):
+                    st.caption("Undefined so far: people and the judge gave one and the same answer throughout.")
+                    continue
+                if mine.empty:
+                    st.caption(f"Not enough data yet: a {period} shows once it has {calibration.MIN_N} pairs "
+                               "behind this figure.")
+                    continue
+                low = -1.0 if figure == "cohen_kappa" else 0.0  # kappa below 0: worse than chance
+                st.altair_chart(alt.Chart(mine).mark_line(point=True).encode(
+                    x=alt.X("period:O", title=f"{period} from"),
+                    y=alt.Y("value:Q", title=None, scale=alt.Scale(domain=[low, 1.0])),
+                    color=alt.Color("constitution:N", title=None),
+                    tooltip=["constitution:N", "period:O", alt.Tooltip("value:Q", format=".2f"), "n:Q"],
+                ).properties(height=220), width="stretch")
     st.subheader("Humans among themselves")
-    alpha = "n/a (needs 2+ annotators on 2+ shared pairs)" if humans["alpha"] is None else f"{humans['alpha']:.3f}"
+    if humans["alpha"] is not None and humans["items"] >= calibration.MIN_N:
+        alpha = f"{humans['alpha']:.3f}"
+    elif humans["items"] >= calibration.MIN_N and humans["annotators"] >= 2:
+        alpha = "undefined: every label gave the same answer"
+    else:
+        alpha = f"not enough data yet (needs 2+ annotators on {calibration.MIN_N}+ shared pairs)"
     st.write(f"Krippendorff's alpha (nominal): {alpha} over {humans['items']} pairs "
              f"and {humans['annotators']} annotators.")

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from db.engine import session_scope
-from db.models import LABEL_KINDS
+from db.models import LABEL_KINDS, User
 from feedback import browse
 from feedback.projects import all_projects
 from pages.common import annotator_measures, get_engine, require_page_role
@@ -19,7 +19,7 @@ source = c2.selectbox("Source", [None, "human", "judge", "grader"], format_func=
 kind = c3.selectbox("Kind", [None, *LABEL_KINDS], format_func=lambda v: v or "all")
 username = c4.text_input("Annotator")
 with session_scope(get_engine(), read_only=True) as s:
-    rows = browse.recent_labels(session=s, user=s.merge(me), source=source, kind=kind, username=username or None,
+    rows = browse.recent_labels(session=s, user=s.get(User, me.id), source=source, kind=kind, username=username or None,
                                project_id=project_id)
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 

@@ -22,16 +22,17 @@ from feedback.projects import (
     item_counts,
     members,
     remove_member,
+    set_arena,
     visible_projects,
 )
-from feedback.render import inert_markdown
+from feedback.render import inert_markdown, inert_text
 from pages.common import PROJECT_KEY, get_engine, require_page_role
 
 me = require_page_role("admin")
 engine = get_engine()
 st.title("Projects")
 if message := st.session_state.pop("projects-done", None):
-    st.success(message)
+    st.success(inert_text(message))  # it names projects and users
 
 
 def run(action, **kwargs):
@@ -148,6 +149,15 @@ with tab_queue:
                    prompt_tags=tags.split(","), policy_version_ids=chosen_versions,
                    refill_below=int(refill_below), refill_prompts=int(refill_prompts), queue_order=order):
                 done(f"Saved the queue settings of {project.name}.")
+    if project.task_type == "pairwise":
+        st.caption("Arena mode is **on**: each refill samples two of the versions above head to head, blind, for "
+                   "the Leaderboard." if project.arena else
+                   "Arena mode: refills sample two of the versions above head to head (annotators never see "
+                   "which), for the Leaderboard. Choose at least two versions first.")
+        if st.button("Turn arena mode off" if project.arena else "Turn arena mode on", key=f"arena-{project.id}",
+                     icon=":material/leaderboard:"):
+            if run(set_arena, project=project.name, arena=not project.arena):
+                done(f"Arena mode is {'off' if project.arena else 'on'} for {project.name}.")
 
 with tab_gold:
     if project.task_type not in gold.ATTENTION_TASKS:

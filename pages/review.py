@@ -13,7 +13,7 @@ from feedback.actors import Actor
 from feedback.decisions import ANSWERS
 from feedback.errors import UserError
 from feedback.projects import all_projects
-from feedback.render import inert_markdown
+from feedback.render import inert_markdown, inert_text
 from pages.common import PROJECT_KEY, annotator_measures, get_engine, require_page_role, show_chat, show_response
 
 me = require_page_role("reviewer", "admin")
@@ -23,7 +23,7 @@ ANSWER_NAMES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad"
                 "up": "Thumbs up", "down": "Thumbs down"}
 st.title("Review")
 if message := st.session_state.pop("review-done", None):
-    st.success(message)
+    st.success(inert_text(message))  # it names projects and users
 
 with session_scope(engine, read_only=True) as s:  # reviewers review every project's labels
     projects = {p.id: p for p in all_projects(session=s) if p.task_type in gold.ATTENTION_TASKS}
@@ -78,7 +78,7 @@ with tab_disputes:
     with session_scope(engine, read_only=True) as s:
         disputes = adjudication.disputed_items(session=s, actor=Actor.signed_in(me), project=project)
     if not disputes:
-        st.info(f"No disputed items in {project.name}: every labelled item agrees, or is settled.")
+        st.info(f"No disputed items in {inert_text(project.name)}: every labelled item agrees, or is settled.")
     else:
         st.caption(f"{len(disputes)} disputed item{'s' if len(disputes) > 1 else ''}, most reasons first, then the "
                    "least confident. The aggregate and its confidence are Dawid-Skene's.")

@@ -11,6 +11,7 @@ from feedback.errors import UserError
 from feedback.policies import gate_decision, list_policies
 from feedback.projects import visible_projects
 from feedback.release import release_policy
+from feedback.render import inert_markdown, inert_text
 from feedback.rows import RowSettings
 from feedback.settings import get_settings
 from pages.common import config_form, get_engine, job_progress_rows, require_page_role
@@ -55,19 +56,19 @@ with tab_start:
                 row_settings = config_form(RowSettings, key="rows")
             except ValueError as exc:
                 row_settings = None
-                st.error(f"Not a valid value: {exc}")
+                st.error(f"Not a valid value: {inert_text(exc)}")
         with st.expander("Gate settings (a candidate is promoted without an override only if its gate passes)"):
             try:
                 gate_config = config_form(GateConfig, key="gate")
             except ValueError as exc:
                 gate_config = None
-                st.error(f"Not a valid value: {exc}")
+                st.error(f"Not a valid value: {inert_text(exc)}")
         with st.expander(f"Advanced: {stage} settings (each starts at the stage's default)"):
             try:
                 stage_config = config_form(stage_cls, key=f"stage-{stage}")
             except ValueError as exc:
                 stage_config = None
-                st.error(f"Not a valid value: {exc}")
+                st.error(f"Not a valid value: {inert_text(exc)}")
         submitted = st.form_submit_button("Start round", type="primary")
     if submitted and stage_config is not None and gate_config is not None and row_settings is not None:
         try:
@@ -80,7 +81,7 @@ with tab_start:
             jobs.start_detached(job=job, database_url=get_settings().database_url)
             st.success(f"Round started as job {job.id}; follow it under Progress.")
         except UserError as exc:
-            st.error(str(exc))
+            st.error(inert_markdown(str(exc)))
 
 with tab_progress:
     @st.fragment(run_every="3s")
@@ -122,7 +123,8 @@ with tab_versions:
     reason = ""
     if chosen is not None and chosen.status != "active" and decision != "passed":
         reasons = "; ".join((chosen.evaluation or {}).get("reasons") or []) or "never evaluated"
-        st.warning(f"{chosen.name}'s evaluation gate is {decision} ({reasons}). Promoting it anyway needs a "
+        st.warning(f"{inert_text(chosen.name)}'s evaluation gate is {decision} ({inert_text(reasons)}). "
+                   "Promoting it anyway needs a "
                    "reason, which the audit log keeps.")
         reason = st.text_input("Override reason", key=f"override-{chosen.name}")
         label += " anyway"
@@ -131,6 +133,6 @@ with tab_versions:
         try:  # a server refusing the adapter leaves everything as it was
             release = release_policy(engine=engine, name=chosen.name, actor=Actor.signed_in(me),
                                      override_reason=reason or None)
-            st.success(release.summary() + ".")
+            st.success(inert_text(release.summary() + "."))
         except UserError as exc:
-            st.error(str(exc))
+            st.error(inert_markdown(str(exc)))

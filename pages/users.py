@@ -6,6 +6,7 @@ from db.engine import session_scope
 from db.models import ROLES
 from feedback import users
 from feedback.actors import Actor
+from feedback.render import inert_text
 from pages.common import call_service, get_engine, require_page_role
 
 me = require_page_role("admin")
@@ -26,7 +27,7 @@ with st.form("add_user", clear_on_submit=True):
     if st.form_submit_button("Create", type="primary"):
         created = run(users.add_user, username=username, role=role)
         if created:
-            st.success(f"Created {created[0].username} ({role}). Password, shown once:")
+            st.success(f"Created {inert_text(created[0].username)} ({role}). Password, shown once:")
             st.code(created[1], language=None)
 
 with session_scope(engine, read_only=True) as s:
@@ -51,5 +52,5 @@ if name:
     if c3.button("Reset password"):
         password = run(users.reset_password, user_id=target.id)
         if password:
-            st.success(f"New password for {name}, shown once:")
+            st.success(f"New password for {inert_text(name)}, shown once:")
             st.code(password, language=None)

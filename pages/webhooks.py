@@ -9,6 +9,7 @@ from db.engine import session_scope
 from feedback import webhooks
 from feedback.actors import Actor
 from feedback.errors import UserError
+from feedback.render import inert_markdown, inert_text
 from pages.common import call_service, get_engine, require_page_role
 
 me = require_page_role("admin")
@@ -64,9 +65,9 @@ else:
 st.subheader("Delivery log")
 if st.button("Deliver due now"):
     try:  # no session of ours around it: it posts between its own short transactions
-        st.info(webhooks.deliver_due(engine=engine, actor=Actor.signed_in(me)).summary())
+        st.info(inert_text(webhooks.deliver_due(engine=engine, actor=Actor.signed_in(me)).summary()))
     except UserError as exc:
-        st.error(str(exc))
+        st.error(inert_markdown(str(exc)))
 with session_scope(engine, read_only=True) as s:
     log = webhooks.recent_deliveries(session=s, actor=Actor.signed_in(me), limit=200)
 if not log:

@@ -115,3 +115,56 @@ def seed_short_long_pairs(engine: Engine, count: int, actor: Actor = FACTORY) ->
             a, b = (short, long) if i % 2 == 0 else (long, short)
             s.add(Item(kind="pair", project_id=default_project(session=s).id, prompt_id=prompt.id,
                        response_a_id=a.id, response_b_id=b.id))
+
+
+# --- dashboards and calibration (tests/test_dashboards.py, tests/test_app_dashboards.py) --------
+
+
+def add_label(session, *, item_id: int, at, source: str = "human", user_id: int | None = None,
+              leased_at=None, constitution_id: int | None = None, **values):
+    """A label written at `at` (default: a pairwise "a"; pass kind=/thumb= etc. for others). A
+    human label comes with the finished assignment the queue would have left, leased at
+    `leased_at` (default: 10 s before)."""
+    from datetime import timedelta
+
+    from db.models import Assignment, Label
+
+    values = values or {"kind": "pairwise", "choice": "a"}
+    label = Label(item_id=item_id, source=source, user_id=user_id, constitution_id=constitution_id,
+                  submission_id=uuid.uuid4().hex, created_at=at, **values)
+    session.add(label)
+    if source == "human":
+        leased_at = leased_at or at - timedelta(seconds=10)
+        session.add(Assignment(item_id=item_id, user_id=user_id, status="done", shown_order="ab",
+                               leased_at=leased_at, expires_at=leased_at + timedelta(minutes=10), finished_at=at))
+    session.flush()
+    return label
+
+
+def add_lease(session, *, item_id: int, user_id: int, leased_at, expires_at):
+    """An open lease of `item_id` to `user_id`, as claim_next leaves it."""
+    from db.models import Assignment
+
+    lease = Assignment(item_id=item_id, user_id=user_id, status="leased", shown_order="ab", leased_at=leased_at,
+                       expires_at=expires_at)
+    session.add(lease)
+    session.flush()
+    return lease
+
+
+def add_judgment(session, *, item_id: int, constitution_id: int, at, outcome: str = "a",
+                 cost_usd: float | None = None, backend: str = "anthropic", model: str = "claude-test"):
+    """One judgment made at `at`, in a judge job of its own."""
+    from db.models import Job, Judgment
+
+    job = Job(kind="judge", status="succeeded", created_at=at)
+    session.add(job)
+    session.flush()
+    verdicts = {"a": ("a", "a"), "b": ("b", "b"), "tie": ("tie", "tie"), "inconsistent": ("a", "b")}
+    ab, ba = verdicts.get(outcome, (None, None))
+    judgment = Judgment(job_id=job.id, item_id=item_id, constitution_id=constitution_id, backend=backend,
+                        model=model, template_version="test", outcome=outcome, verdict_ab=ab, verdict_ba=ba,
+                        cost_usd=cost_usd, created_at=at)
+    session.add(judgment)
+    session.flush()
+    return judgment

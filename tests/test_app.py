@@ -44,7 +44,11 @@ def signed_in(username: str, password: str) -> AppTest:
 def test_signed_out_sees_only_sign_in(app_db):
     at = AppTest.from_file(APP, default_timeout=30).run()
     assert not at.exception
-    assert at.title[0].value == "Sign in"
+    assert at.title[0].value == "Preference data"  # the product's name, then the form
+    assert at.caption[0].value == "No account? Ask an admin for one."
+    assert at.subheader[0].value == "Sign in"
+    assert [(t.label, t.autocomplete) for t in at.text_input] == [("Username", "username"),
+                                                                 ("Password", "current-password")]
     # Navigation only knows the sign-in page while signed out: the data page cannot be reached.
     with pytest.raises(ValueError, match="Known pages: .*sign_in.py"):
         at.switch_page("pages/data.py")
@@ -53,13 +57,14 @@ def test_signed_out_sees_only_sign_in(app_db):
 def test_wrong_password_is_refused(app_db):
     at = signed_in("root", "not-the-password")
     assert "wrong password" in at.error[0].value
-    assert at.title[0].value == "Sign in"
+    assert at.subheader[0].value == "Sign in" and "session_id" not in at.session_state
 
 
 def test_annotator_cannot_open_data_page(app_db):
     at = signed_in("ann", "annotator-password")
     assert not at.exception
     assert at.title[0].value == "Preference data"
+    assert at.caption[0].value.startswith("Signed in as ann (annotator)")
     at.switch_page("pages/data.py").run()
     assert any("needs the role admin" in e.value for e in at.error)
     assert not at.tabs

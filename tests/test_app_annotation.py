@@ -71,7 +71,7 @@ def as_user(name: str) -> AppTest:
 def test_signed_out_every_page_is_unreachable(app_db):
     at = AppTest.from_file(APP, default_timeout=30).run()
     assert not any(opens(at, page) for page in PAGES)
-    assert at.title[0].value == "Sign in"
+    assert at.subheader[0].value == "Sign in"
 
 
 @pytest.mark.parametrize("name,role", [("ann", "annotator"), ("rev", "reviewer"), ("root", "admin")])

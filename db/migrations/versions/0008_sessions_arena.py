@@ -1,7 +1,8 @@
 """browser sessions that survive a reload, per-client sign-in limits, arena projects
 
 New table user_sessions (hashed session tokens and one-time tickets); sign_in_failures gain the
-client's address; projects gain `arena` (blind head-to-head pairs of two versions).
+client's address; projects gain `arena` (blind head-to-head pairs of two versions); annotator
+standings keep the gold answers an annotator undid.
 
 Revision ID: 0008
 Revises: 0007
@@ -45,8 +46,16 @@ def upgrade() -> None:
     with op.batch_alter_table('projects', schema=None) as batch_op:
         batch_op.add_column(sa.Column('arena', sa.Boolean(), server_default=sa.text('false'), nullable=False))
 
+    with op.batch_alter_table('annotator_standings', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('undone_answers', sa.Integer(), server_default=sa.text('0'), nullable=False))
+        batch_op.add_column(sa.Column('undone_correct', sa.Integer(), server_default=sa.text('0'), nullable=False))
+
 
 def downgrade() -> None:
+    with op.batch_alter_table('annotator_standings', schema=None) as batch_op:
+        batch_op.drop_column('undone_correct')
+        batch_op.drop_column('undone_answers')
+
     with op.batch_alter_table('projects', schema=None) as batch_op:
         batch_op.drop_column('arena')
 
