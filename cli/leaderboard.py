@@ -32,10 +32,10 @@ def cmd_leaderboard(args) -> None:
     if not board.standings:
         raise UserError(EMPTY)
     width = max(12, *(len(s.name) for s in board.standings))
-    print(f"{'version':<{width}} {'rating':>7} {'95% interval':>13} {'n':>6} {'wins':>6} {'losses':>6} {'ties':>6}")
+    print(f"{'version':<{width}} {'rating':>7} {'95% interval':>14} {'n':>6} {'wins':>6} {'losses':>6} {'ties':>6}")
     for s in board.standings:
-        interval = f"{_number(s.low)}-{_number(s.high)}" if s.connected else "-"
-        print(f"{s.name:<{width}} {_number(s.rating):>7} {interval:>13} {s.comparisons:>6} {s.wins:>6} "
+        interval = f"{_number(s.low)} to {_number(s.high)}" if s.connected else "-"
+        print(f"{s.name:<{width}} {_number(s.rating):>7} {interval:>14} {s.comparisons:>6} {s.wins:>6} "
               f"{s.losses:>6} {s.ties:>6}")
     print(f"\n{board.comparisons} comparisons from {' and '.join(board.sources)} labels; Elo-like scale "
           "(the versions average 1000), ties and both-bad count half a win each way")
@@ -53,7 +53,7 @@ def add_commands(sub) -> None:
     p.add_argument("--source", choices=tuple(SOURCE_CHOICES), default="human",
                    help="whose labels: people (human), the AI judge (judge) or both (all); default human")
     p.add_argument("--project", help="only this project's labels (default: every project)")
-    p.add_argument("--bootstrap", type=int, default=200, help="refits on resampled comparisons for the intervals")
+    p.add_argument("--bootstrap", type=int, default=200, help="refits on resampled items for the intervals")
     p.add_argument("--seed", type=int, default=0, help="the bootstrap's random seed")
     p.add_argument("--json", action="store_true", help="print the standings and the win matrix as JSON")
     p.set_defaults(func=cmd_leaderboard)

@@ -46,6 +46,9 @@ class JobKind:
     runner: Callable[..., dict[str, Any]]  # runner(engine=..., job=..., reporter=...) -> result dict
     config: type  # a dataclass: create_job builds it from the row's config, so a bad one is refused at once
     secrets: tuple[str, ...] = ()  # environment variables of secrets the worker needs (POLICY_API_KEY, ...)
+    # The further secrets one job's config needs, for kinds where that depends on the config (a
+    # grading job whose grader asks a judge model); the rest of that kind's jobs never see them.
+    secrets_for: Callable[[dict[str, Any]], tuple[str, ...]] | None = None
     # The webhook event run_job emits when a job of this kind ends (feedback.webhooks.EVENTS), if any.
     # A kind with SECRET_KEY among its secrets also delivers the due webhooks after each job.
     finished_event: str | None = None
@@ -123,9 +126,14 @@ def latest_job(*, session: Session, kind: str) -> Job | None:
     return session.scalar(select(Job).where(Job.kind == kind).order_by(Job.id.desc()).limit(1))
 
 
-def child_env(kind: str) -> dict[str, str]:
-    """The worker's environment: ours, minus every secret its kind does not declare."""
-    drop = secret_env_vars() - set(JOB_KINDS.get(kind).secrets)
+def child_env(kind: str, config: dict[str, Any] | None = None) -> dict[str, str]:
+    """The worker's environment: ours, minus every secret its kind (and, where the kind says so,
+    this job's `config`) does not need."""
+    job_kind = JOB_KINDS.get(kind)
+    needed = set(job_kind.secrets)
+    if job_kind.secrets_for is not None and config is not None:
+        needed |= set(job_kind.secrets_for(config))
+    drop = secret_env_vars() - needed
     env = {k: v for k, v in os.environ.items() if k.upper() not in drop}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     return env
@@ -137,7 +145,7 @@ def start_detached(*, job: Job, database_url: str, log_dir: Path | None = None) 
     pid, an int) or a Ray job (returns its submission id, a str)."""
     log_dir = log_dir or PROJECT_ROOT / "var" / "jobs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = child_env(job.kind)
+    env = child_env(job.kind, job.config)
     env["DATABASE_URL"] = database_url
     handle = get_launcher().launch(job_id=job.id, kind=job.kind, database_url=database_url, env=env,
                                    log_path=log_dir / f"job-{job.id}.log")

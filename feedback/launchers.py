@@ -16,7 +16,7 @@ What the Ray backend needs from the cluster (no working_dir is uploaded):
     POLICIES_DIR): the same machine, or a shared filesystem mounted at the same place;
   - a database its nodes can reach at DATABASE_URL (SQLite only when the job lands on this
     machine; Postgres otherwise).
-The environment the job gets is child_env(kind): secrets its kind does not use never leave this
+The environment the job gets is child_env(kind, config): secrets its kind does not use never leave this
 process. Secrets a kind does use (a judge's API key) do travel, and Ray keeps runtime_env
 env_vars in its job records, readable by anyone who can reach the dashboard: keep the dashboard
 on a trusted network (Ray's token authentication off by default).

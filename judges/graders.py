@@ -64,9 +64,11 @@ def _check_identifier(name: str) -> None:
         raise ValueError(f"grader name {name!r} must be an identifier (multi formulas use it)")
 
 
-# "python" runs user code in a subprocess and lives in its own module, imported on first use.
+# "python" runs user code in a subprocess and "score_model" asks a judge backend; each lives in
+# its own module, imported on first use.
 GRADERS: Registry[GraderFactory] = Registry("grader", check_name=_check_identifier,
-                                            lazy={"python": "judges.python_grader:make_python_grader"})
+                                            lazy={"python": "judges.python_grader:make_python_grader",
+                                                  "score_model": "judges.score_model:make_score_model_grader"})
 
 
 def parse_grader(spec: str) -> Grader:

@@ -42,6 +42,7 @@ class GradeSummary:
     skipped_no_reference: int = 0  # ungraded items whose prompt has no reference answer
     already_labelled: int = 0  # a concurrent run got there first
     errors: int = 0  # items the grader could not score: left unlabelled, retried next run
+    stopped_early: int = 0  # 1 when the grader stopped the run (e.g. score_model's budget); why: error_examples
     error_examples: list[str] = field(default_factory=list)
 
     def add(self, other: GradeSummary) -> None:
@@ -65,6 +66,7 @@ class _Task:
     kind: str  # pair | single
     reference: str
     responses: tuple[tuple[int, str], ...]  # (response id, text): a, then b for a pair
+    messages: Any = None  # the prompt's chat messages, for graders that read the prompt (uses_prompt)
 
 
 def producer_for(grader: Grader) -> str:
@@ -109,7 +111,7 @@ def _load_tasks(session: Session, item_ids: Sequence[int]) -> list[_Task]:
         return []
     a, b = aliased(Response), aliased(Response)
     rows = session.execute(
-        select(Item.id, Item.kind, Prompt.reference, a.id, a.text, b.id, b.text)
+        select(Item.id, Item.kind, Prompt.reference, a.id, a.text, b.id, b.text, Prompt.messages)
         .join(Prompt, Prompt.id == Item.prompt_id)
         .join(a, a.id == Item.response_a_id)
         .outerjoin(b, b.id == Item.response_b_id)
@@ -117,8 +119,9 @@ def _load_tasks(session: Session, item_ids: Sequence[int]) -> list[_Task]:
         .order_by(Item.id)
     ).all()
     return [
-        _Task(item_id, kind, reference, ((a_id, a_text),) if kind == "single" else ((a_id, a_text), (b_id, b_text)))
-        for item_id, kind, reference, a_id, a_text, b_id, b_text in rows
+        _Task(item_id, kind, reference, ((a_id, a_text),) if kind == "single" else ((a_id, a_text), (b_id, b_text)),
+              messages)
+        for item_id, kind, reference, a_id, a_text, b_id, b_text, messages in rows
     ]
 
 
@@ -134,9 +137,14 @@ def _score(grader: Grader, tasks: Sequence[_Task], summary: GradeSummary) -> lis
             for response_id, text in task.responses:
                 key = (response_id, task.reference)
                 if key not in cache:
-                    cache[key] = grader.grade(text, task.reference)
+                    cache[key] = (grader.grade(text, task.reference, prompt=task.messages)
+                                  if getattr(grader, "uses_prompt", False) else grader.grade(text, task.reference))
                 scores.append(cache[key])
         except GraderError as exc:
+            if getattr(exc, "stops_run", False):  # e.g. a budget reached: stop here, this item is not at fault
+                summary.stopped_early = 1
+                summary.note_errors([f"stopped before item {task.item_id}: {exc}"])
+                break
             summary.errors += 1
             summary.note_errors([f"item {task.item_id}: {exc}"])
             continue
@@ -150,6 +158,9 @@ def _label(grader: Grader, producer: str, task: _Task, scores: list[float], job_
         "scores": dict(zip("ab", scores, strict=False)),
         "response_ids": dict(zip("ab", (rid for rid, _ in task.responses), strict=False)),
         **(grader.describe() if hasattr(grader, "describe") else {}),
+        # Per-response details a model-based grader keeps (raw answers, tokens, cost).
+        **(grader.provenance_for([text for _, text in task.responses], task.reference, prompt=task.messages)
+           if hasattr(grader, "provenance_for") else {}),
     }
     if job_id is not None:
         provenance["job_id"] = job_id
@@ -234,6 +245,8 @@ def run_grading(*, engine: Engine, spec: str, limit: int | None = None, job_id: 
         summary.add(part)
         if on_progress:
             on_progress(start + len(chunk), len(ids))
+        if part.stopped_early:
+            break
     if summary.errors and not summary.items and not summary.already_labelled:
         raise UserError(f"The grader failed on all {summary.errors} items it tried; first: {summary.error_examples[0]}")
     return {"spec": grader.spec, **asdict(summary)}
@@ -262,4 +275,9 @@ def run_grading_job(*, engine: Engine, job, reporter: jobs.Reporter) -> dict[str
 
 
 # No secrets: a python: grader runs user code, and its subprocess gets none either.
-GRADE_JOB = jobs.JobKind(runner=run_grading_job, config=GradeConfig)
+def _grader_secrets(config: dict[str, Any]) -> tuple[str, ...]:
+    # Only a model grader asks a judge backend; every other grading job runs without the keys.
+    return ("ANTHROPIC_API_KEY", "JUDGE_API_KEY") if "score_model" in str(config.get("spec", "")) else ()
+
+
+GRADE_JOB = jobs.JobKind(runner=run_grading_job, config=GradeConfig, secrets_for=_grader_secrets)

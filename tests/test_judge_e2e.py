@@ -132,6 +132,10 @@ def test_api_key_reaches_only_the_judge(engine, use_db, pairs, stub, caplog):
     assert API_KEY not in caplog.text
     assert "ANTHROPIC_API_KEY" not in jobs.child_env("sample")
     assert "ANTHROPIC_API_KEY" not in jobs.child_env("grade")
+    assert "ANTHROPIC_API_KEY" not in jobs.child_env("grade", {"spec": "numeric"})
+    # A grading job whose grader asks a judge model (score_model) gets the judges' keys, only it.
+    model_grader = {"spec": "score_model:backend=anthropic;model=claude-sonnet-4-5;rubric=correctness"}
+    assert jobs.child_env("grade", model_grader)["ANTHROPIC_API_KEY"] == API_KEY
     with session_scope(engine) as s:
         create_user(session=s, username="root", role="admin", password="admin-password", actor=CLI)
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30).run()

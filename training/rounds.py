@@ -32,13 +32,15 @@ from training.snapshot import SnapshotFilter, create_snapshot, reference_rows, r
 from training.stages import STAGES
 from training.stages.base import StageInputs, latest_checkpoint
 
-LABEL_STAGES = ("sft", "reward", "dpo", "kto")
+LABEL_STAGES = ("sft", "reward", "dpo", "kto", "orpo", "simpo")
+# The reference-free preference stages train on the same prompt/chosen/rejected rows as DPO.
+ROW_FORMAT = {"orpo": "dpo", "simpo": "dpo"}
 GRADER_STAGES = ("grpo", "rloo", "ppo")
 
 
 @dataclass
 class RoundConfig:
-    stage: str = cfg_field("dpo", "The stage: sft, reward, dpo, kto, grpo, rloo or ppo.")
+    stage: str = cfg_field("dpo", "The stage: sft, reward, dpo, kto, orpo, simpo, grpo, rloo or ppo.")
     stage_config: dict[str, Any] = cfg_field({}, "Settings of the stage that differ from its own defaults.")
     snapshot: dict[str, Any] = cfg_field({}, "SnapshotFilter fields: which labels the round trains on (label stages).")
     parent: str | None = cfg_field(None, "The policy version to improve (None: the active one).")
@@ -120,7 +122,7 @@ def _inputs(session: Session, config: RoundConfig, job: Job, parent: PolicyVersi
     )
     if uses_snapshot(config):
         snapshot = session.get(Snapshot, config.snapshot_id)
-        rows = rows_for_stage(session=session, snapshot=snapshot, stage=config.stage)
+        rows = rows_for_stage(session=session, snapshot=snapshot, stage=ROW_FORMAT.get(config.stage, config.stage))
     elif config.stage == "sft":
         rows = [{"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["reference"]}]}
                 for r in reference_rows(session=session)]

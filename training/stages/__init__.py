@@ -22,6 +22,8 @@ STAGES: Registry[Stage] = Registry("stage", lazy={
     "reward": "training.stages.reward:STAGE",
     "dpo": "training.stages.dpo:STAGE",
     "kto": "training.stages.kto:STAGE",
+    "orpo": "training.stages.orpo:STAGE",
+    "simpo": "training.stages.simpo:STAGE",
     "grpo": "training.stages.grpo:STAGE",
     "rloo": "training.stages.rloo:STAGE",
     "ppo": "training.stages.ppo.stage:STAGE",
