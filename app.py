@@ -29,9 +29,10 @@ from pages.common import (
 job_kinds.install()  # what the pages' jobs are and which module runs each
 
 # One annotate page per task type; the picked project's task decides which one "Label" shows.
-# Their url_paths differ from the file names on purpose: Streamlit runs a pages/ file that a URL
-# names directly, without this script, on a server's first run (and in every AppTest run), and
-# these pages need the project picked here.
+# Their url_paths differ from the file names on purpose: where Streamlit takes pages/ for an
+# old-style pages directory (every AppTest run; a server until some session ran st.navigation, which
+# the bottom of this file prevents) it runs a pages/ file a URL names directly, without this
+# script, and these pages need the project picked here.
 ANNOTATE_PAGES = {
     "pairwise": ("pages/annotate_pairwise.py", "Compare", ":material/compare:", "compare"),
     "binary": ("pages/annotate_binary.py", "Rate", ":material/thumbs_up_down:", "rate"),
@@ -139,8 +140,16 @@ def main() -> None:
 
 
 if get_script_run_ctx(suppress_warning=True) is None:  # imported by the server, to serve the pages and the API
+    from streamlit.runtime.pages_manager import PagesManager
+
     from api.server import api_routes
 
+    # pages/ holds our st.navigation pages, not a Streamlit "pages directory" app. Streamlit decides
+    # which kind an app is once per server, and until some session has run st.navigation it takes
+    # pages/ for the old kind: a deep link (/review) on a fresh server ran pages/review.py alone,
+    # without this script, under a sidebar of every file. Saying so up front, as st.navigation does
+    # on its first call, makes every first visit run this script.
+    PagesManager.uses_pages_directory = False
     app = st.App(__file__, routes=api_routes())
 else:
     main()

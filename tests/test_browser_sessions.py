@@ -28,6 +28,16 @@ TIMEOUT_MS = 15_000
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
+    yield from _served(tmp_path_factory)
+
+
+@pytest.fixture
+def fresh_base(tmp_path_factory):
+    """A server no browser has visited yet (the module's `base` has been, by earlier tests)."""
+    yield from _served(tmp_path_factory)
+
+
+def _served(tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('sessions') / 'app.sqlite3'}"
     upgrade(url)
     engine = make_engine(url)
@@ -163,6 +173,16 @@ def test_a_deep_link_opened_signed_out_lands_there_after_signing_in(base, contex
     page.reload()  # the deep link again, now signed in: the cookie is read
     expect(page.get_by_role("heading", name="Review")).to_be_visible()
     assert page.url.endswith("/review")
+
+
+def test_a_deep_link_is_the_first_visit_of_a_fresh_server(fresh_base, context):
+    # Until some session has run app.py's st.navigation, Streamlit took pages/ for an old-style
+    # pages directory and ran pages/review.py alone, under a sidebar listing every file.
+    page = context.new_page()
+    page.goto(f"{fresh_base}/review")
+    fill_sign_in(page, "rev")
+    expect(page.get_by_role("heading", name="Review")).to_be_visible()
+    expect(page.get_by_test_id("stSidebarNavLink").filter(has_text="common")).to_have_count(0)
 
 
 def test_a_deep_link_to_a_page_the_user_may_not_see_lands_on_the_default_page(base, context):
