@@ -22,6 +22,7 @@ from feedback.projects import default_project
 from feedback.settings import PROJECT_ROOT
 from feedback.users import create_user
 from judges.constitutions import ensure_shipped, save_constitution
+from testkit.browser import chromium
 from testkit.factories import add_judgment, add_label, add_lease, make_items, set_queue
 
 APP = str(PROJECT_ROOT / "app.py")
@@ -264,23 +265,18 @@ def test_the_browser_time_zone_decides_today_and_the_days(tmp_path):
     engine.dispose()
     local_today = edge.astimezone(ZoneInfo(KATHMANDU)).date() == utcnow().astimezone(ZoneInfo(KATHMANDU)).date()
     assert local_today != (edge.date() == utcnow().date())  # the seed tells the two clocks apart
-    with running_app(url, tmp_path / "streamlit.log") as base, playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                    args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_context(timezone_id=KATHMANDU, viewport={"width": 1400, "height": 1000}).new_page()
-            page.set_default_timeout(15_000)
-            expect = playwright_sync.expect
-            page.goto(base)
-            page.get_by_label("Username").fill("ann")
-            page.get_by_label("Password", exact=True).fill("annotator-password")
-            page.get_by_role("button", name="Sign in").click()
-            expect(page.get_by_role("heading", name="Compare responses")).to_be_visible()
-            expect(page.get_by_text(f"You: {int(local_today)} today, 1 in all", exact=False)).to_be_visible()
-            page.get_by_test_id("stSidebarNav").get_by_role("link", name="Home").click()
-            # Chromium names it by its older spelling, Asia/Katmandu: a link to the same zone
-            expect(page.get_by_text(re.compile(r"by day in Asia/Kath?mandu"))).to_be_visible()
-            expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(1)
-            expect(page.get_by_test_id("stException")).to_have_count(0)
-        finally:
-            browser.close()
+    with running_app(url, tmp_path / "streamlit.log") as base, chromium() as browser:
+        page = browser.new_context(timezone_id=KATHMANDU, viewport={"width": 1400, "height": 1000}).new_page()
+        page.set_default_timeout(15_000)
+        expect = playwright_sync.expect
+        page.goto(base)
+        page.get_by_label("Username").fill("ann")
+        page.get_by_label("Password", exact=True).fill("annotator-password")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("heading", name="Compare responses")).to_be_visible()
+        expect(page.get_by_text(f"You: {int(local_today)} today, 1 in all", exact=False)).to_be_visible()
+        page.get_by_test_id("stSidebarNav").get_by_role("link", name="Home").click()
+        # Chromium names it by its older spelling, Asia/Katmandu: a link to the same zone
+        expect(page.get_by_text(re.compile(r"by day in Asia/Kath?mandu"))).to_be_visible()
+        expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(1)
+        expect(page.get_by_test_id("stException")).to_have_count(0)

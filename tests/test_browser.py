@@ -36,6 +36,7 @@ from feedback.prompts import canonical_messages, content_hash
 from feedback.settings import PROJECT_ROOT
 from feedback.tokens import create_token
 from feedback.users import create_user
+from testkit.browser import CHROMIUM, chromium
 from testkit.factories import set_queue
 from testkit.local_servers import AppDidNotStart, running_app
 from tests.trl_check import causal_lm
@@ -45,9 +46,6 @@ pytestmark = [pytest.mark.browser]
 playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SHOTS = Path("/tmp/shots")
 PASSWORDS = {"ann": "annotator-pw", "root": "admin-password", "eve": "fresh-annotator-pw",
              "bob": "bob-annotator-pw", "cat": "cat-annotator-pw", "rev": "reviewer-pw",
@@ -181,12 +179,8 @@ def app_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_sync.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture

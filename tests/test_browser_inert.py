@@ -18,9 +18,10 @@ from feedback.policies import ensure_base_policy
 from feedback.projects import TASKS, add_member, create_project
 from feedback.prompts import canonical_messages, content_hash
 from feedback.users import create_user
+from testkit.browser import chromium
 from testkit.factories import set_queue
 from testkit.local_servers import AppDidNotStart, running_app
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, pick_project, prompt_bubble, settled
+from tests.test_browser import TIMEOUT_MS, pick_project, prompt_bubble, settled
 
 pytestmark = [pytest.mark.browser]
 
@@ -93,17 +94,13 @@ def base(tmp_path_factory):
 
 @pytest.fixture
 def page(base):
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_context(viewport={"width": 1400, "height": 1400}).new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            expect.set_options(timeout=TIMEOUT_MS)
-            page.requested = []
-            page.on("request", lambda request: page.requested.append(request.url))
-            yield page
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_context(viewport={"width": 1400, "height": 1400}).new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        expect.set_options(timeout=TIMEOUT_MS)
+        page.requested = []
+        page.on("request", lambda request: page.requested.append(request.url))
+        yield page
 
 
 def sign_in(page, base: str, username: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 from db.engine import make_engine
 from db.migrate import upgrade
 from feedback.settings import PROJECT_ROOT
+from testkit.browser import CHROMIUM, chromium
 from testkit.local_servers import AppDidNotStart, running_app
 from testkit.showcase import PASSWORDS, seed_showcase
 
@@ -20,9 +21,6 @@ pytestmark = [pytest.mark.browser]
 playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DOCS = PROJECT_ROOT / "docs"
 TIMEOUT_MS = 20_000
 # Pages whose screenshots the labelling journeys make, with the data they need.
@@ -51,12 +49,8 @@ def showcase_app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_sync.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def settled(page) -> None:

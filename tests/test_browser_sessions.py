@@ -11,6 +11,7 @@ from feedback.actors import CLI
 from feedback.policies import ensure_base_policy
 from feedback.sessions import COOKIE_NAME
 from feedback.users import create_user
+from testkit.browser import chromium
 from testkit.factories import set_queue
 from testkit.local_servers import AppDidNotStart, running_app
 
@@ -19,9 +20,6 @@ pytestmark = [pytest.mark.browser]
 playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PASSWORDS = {"ann": "annotator-pw", "rev": "reviewer-pw"}
 TIMEOUT_MS = 15_000
 
@@ -56,15 +54,11 @@ def _served(tmp_path_factory):
 
 @pytest.fixture
 def context():
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         context.set_default_timeout(TIMEOUT_MS)
         expect.set_options(timeout=TIMEOUT_MS)
-        try:
-            yield context
-        finally:
-            browser.close()
+        yield context
 
 
 def fill_sign_in(page, username: str) -> None:

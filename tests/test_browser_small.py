@@ -19,6 +19,7 @@ from feedback.policies import ensure_base_policy
 from feedback.projects import default_project
 from feedback.prompts import canonical_messages, content_hash
 from feedback.users import create_user
+from testkit.browser import CHROMIUM, chromium
 from testkit.factories import set_queue
 from testkit.local_servers import AppDidNotStart, running_app
 
@@ -27,9 +28,6 @@ pytestmark = [pytest.mark.browser]
 playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SHOTS = Path("/tmp/shots")
 TIMEOUT_MS = 15_000
 PASSWORDS = {"tall": "tall-annotator-pw", "keys": "keys-annotator-pw", "undo": "undo-annotator-pw"}
@@ -82,12 +80,8 @@ def app_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_sync.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture
