@@ -14,6 +14,7 @@ KINDS = {
     "judge": "judges.batch:JUDGE_JOB",
     "grade": "judges.grading:GRADE_JOB",
     "train": "training.rounds:TRAIN_JOB",
+    "reft": "training.reft:REFT_JOB",
     "loop": "training.loop:LOOP_JOB",
 }
 

@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from cli.common import follow_job, get_engine, run_job_inline
+from cli.common import follow_job, get_engine
 from feedback.errors import UserError
 
 
@@ -39,14 +39,35 @@ def cmd_train(args) -> None:
         print(f"job {job.id}: {json.dumps(job.result, default=str)}")
 
 
-def cmd_loop(args) -> None:
-    from dataclasses import asdict
-
+def cmd_reft(args) -> None:
+    from db.engine import session_scope
+    from feedback.actors import CLI
     from feedback.config_fields import flag_values
-    from training.loop import LoopConfig
+    from training.reft import ReftConfig, start_reft
 
-    config = LoopConfig(**{**_load_config(args.config), **flag_values(args, LoopConfig)})
-    job = run_job_inline("loop", asdict(config), args.detach, "round")
+    config = ReftConfig(**{**_load_config(args.config), **flag_values(args, ReftConfig)})
+    with session_scope(get_engine()) as session:
+        job = start_reft(session=session, config=config, actor=CLI)
+    job = follow_job(job, detach=args.detach, unit="step")
+    if job:
+        print(f"job {job.id}: {json.dumps(job.result, default=str)}")
+
+
+def cmd_loop(args) -> None:
+    from db.engine import session_scope
+    from feedback.actors import CLI
+    from feedback.config_fields import flag_values
+    from training.loop import LoopConfig, resume_loop, start_loop
+
+    flags = flag_values(args, LoopConfig)
+    if args.resume is not None and (flags or args.config):
+        raise UserError("--resume goes on with the loop's own settings; leave out --config and the other flags.")
+    with session_scope(get_engine()) as session:
+        if args.resume is not None:  # on from the round and phase it stopped in
+            job = resume_loop(session=session, job_id=args.resume, actor=CLI)
+        else:
+            job = start_loop(session=session, config=LoopConfig(**{**_load_config(args.config), **flags}), actor=CLI)
+    job = follow_job(job, detach=args.detach, unit="round")
     if job:
         for row in job.result["rounds"]:
             print(json.dumps(row, default=str))
@@ -98,8 +119,23 @@ def add_commands(sub) -> None:
             add_arguments(p.add_argument_group("snapshot (which labels, and how they become rows)"), SnapshotFilter)
         p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("loop", help="online iterative DPO: sample K, label best-vs-worst, train, promote, repeat")
+    from training.reft import ReftConfig
+
+    p = sub.add_parser("reft", help="ReFT as one job: SFT on reference answers, then GRPO or PPO with a grader "
+                                    "reward, then the gate (two policy versions)",
+                       description="SFT on the prompts' reference answers makes vN, then GRPO or PPO with a grader "
+                                   "reward makes vN+1 from it; the gate compares vN+1 with the starting policy.")
+    p.add_argument("--config", help="a JSON file with ReftConfig fields (sft and rl stage settings, gate, ...); "
+                                    "flags override it")
+    add_arguments(p, ReftConfig)
+    p.add_argument("--detach", action="store_true", help="run as a background job and return at once")
+    p.set_defaults(func=cmd_reft)
+
+    p = sub.add_parser("loop", help="online iterative training: sample K, label (grader, judge, reward model or "
+                                    "people), train, gate, promote, repeat")
     p.add_argument("--config", help="a JSON file with LoopConfig fields (stage_config, gate, ...); flags override it")
+    p.add_argument("--resume", type=int, metavar="JOB_ID",
+                   help="go on with a paused, interrupted or failed loop job, from the round it stopped in")
     add_arguments(p, LoopConfig)
     p.add_argument("--detach", action="store_true", help="run as a background job and return at once")
     p.set_defaults(func=cmd_loop)

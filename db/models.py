@@ -57,7 +57,8 @@ THUMB_VALUES = ("up", "down")
 SHOWN_ORDERS = ("ab", "ba")
 ASSIGNMENT_STATUSES = ("leased", "done", "skipped")
 JUDGMENT_OUTCOMES = ("a", "b", "tie", "inconsistent", "failed")
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+# "paused": a loop stopped at a safe point on request (pause_requested); resumed, it goes on from there.
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted", "paused")
 DELIVERY_STATUSES = ("pending", "delivered", "failed")
 # How a project orders its open items (feedback/priority.py): by id, at random, or most uncertain first.
 QUEUE_ORDERS = ("oldest", "random", "uncertainty")
@@ -231,6 +232,7 @@ class Job(Base):
     # Logged training metrics, one dict per log step ({"step": 3, "loss": 0.61, ...}), for curves.
     metrics: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list, server_default=text("'[]'"))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     pid: Mapped[int | None] = mapped_column(Integer)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))

@@ -38,6 +38,11 @@ class Cancelled(Exception):
     """Raised inside a job when someone asked it to stop."""
 
 
+class Paused(Cancelled):
+    """Raised inside a job when someone asked it to pause: it ends 'paused', and resume goes on.
+    A Cancelled, so code that stops cleanly on a cancel stops the same way on a pause."""
+
+
 @dataclass(frozen=True)
 class JobKind:
     """What a kind of job is: how a worker runs it, what its config looks like, which secrets
@@ -95,10 +100,10 @@ def request_cancel(*, session: Session, job_id: int, actor: Actor) -> bool:
     job = session.get(Job, job_id)
     if job is None:
         raise UserError(f"No job {job_id}.")
-    if job.status not in ACTIVE:
+    if job.status not in (*ACTIVE, "paused"):
         return False
     job.cancel_requested = True
-    if job.status == "queued":
+    if job.status in ("queued", "paused"):  # no worker holds it: cancelled now
         job.status, job.finished_at = "cancelled", utcnow()
     actor.record(session=session, action="job.cancel", target=f"job:{job_id}")
     return True
@@ -177,9 +182,11 @@ class Reporter:
                 job.progress_total = total
             if log:
                 job.log_tail = (job.log_tail + log.rstrip() + "\n")[-LOG_TAIL_CHARS:]
-            cancel = job.cancel_requested
+            cancel, pause = job.cancel_requested, job.pause_requested
         if cancel:
             raise Cancelled()
+        if pause:
+            raise Paused()
 
 
     def log_metrics(self, entry: dict[str, Any]) -> None:
@@ -219,6 +226,8 @@ def run_job(*, engine: Engine, job_id: int, listener: Callable[[int, int | None]
     status, result, error = "succeeded", None, None
     try:
         result = kind.runner(engine=engine, job=job, reporter=reporter)
+    except Paused:
+        status = "paused"
     except Cancelled:
         status = "cancelled"
     except Exception as exc:  # a crashed job is recorded, never left "running"
@@ -238,15 +247,32 @@ def run_job(*, engine: Engine, job_id: int, listener: Callable[[int, int | None]
     return job
 
 
+def request_pause(*, session: Session, job_id: int, actor: Actor) -> bool:
+    """Ask a running job to stop at its next progress report and end 'paused' (a queued one is
+    paused at once); `resume` goes on from there. False if it had already ended."""
+    actor.require("admin")
+    job = session.get(Job, job_id)
+    if job is None:
+        raise UserError(f"No job {job_id}.")
+    if job.status not in ACTIVE:
+        return False
+    job.pause_requested = True
+    if job.status == "queued":
+        job.status, job.finished_at = "paused", utcnow()
+    actor.record(session=session, action="job.pause", target=f"job:{job_id}")
+    return True
+
+
 def resume(*, session: Session, job_id: int, actor: Actor) -> Job:
-    """Queue an interrupted or failed job again; its runner skips the work it already stored."""
+    """Queue an interrupted, failed or paused job again; its runner skips the work it already stored."""
     actor.require("admin")
     mark_stale(session=session)
     job = session.get(Job, job_id)
     if job is None:
         raise UserError(f"No job {job_id}.")
-    if job.status not in ("interrupted", "failed"):
-        raise UserError(f"Job {job_id} is {job.status}; only interrupted or failed jobs can be resumed.")
+    if job.status not in ("interrupted", "failed", "paused"):
+        raise UserError(f"Job {job_id} is {job.status}; only interrupted, failed or paused jobs can be resumed.")
     job.status, job.cancel_requested, job.error, job.finished_at, job.pid = "queued", False, None, None, None
+    job.pause_requested = False
     actor.record(session=session, action="job.resume", target=f"job:{job_id}")
     return job

@@ -375,12 +375,17 @@ def completion_text(completion: Any) -> str:
 
 def as_reward_func(grader: Grader, *, on_error: float | None = 0.0) -> Callable[..., list[float | None]]:
     """A TRL GRPOTrainer/RLOOTrainer reward function scoring each completion against the
-    dataset's `reference` column.
+    dataset's `reference` column; a grader that declares `uses_prompt` (score_model) is also
+    given the completion's prompt (chat messages, or the prompt text).
 
     A completion the grader cannot score (GraderError), or a row without a reference, gets
     `on_error`: 0.0 by default, or None, which TRL treats as "not applicable" for that sample.
     A run must not die on one odd completion; each failure is logged so a broken grader shows.
+    Once a grader says the run must stop (a spent budget, `stops_run`), every later completion
+    gets None, never `on_error`: a 0 would train the policy away from answers nobody scored.
     """
+    wants_prompt = getattr(grader, "uses_prompt", False)
+    stopped: list[str] = []  # why the grader stopped, once it has
 
     def reward(prompts: list[Any], completions: list[Any], reference: list[str | None] | None = None,
                **kwargs: Any) -> list[float | None]:
@@ -389,13 +394,24 @@ def as_reward_func(grader: Grader, *, on_error: float | None = 0.0) -> Callable[
         if len(reference) != len(completions):
             raise UserError(f"{reward.__name__}: {len(completions)} completions but {len(reference)} references.")
         scores: list[float | None] = []
-        for completion, ref in zip(completions, reference, strict=True):
+        for prompt, completion, ref in zip(prompts, completions, reference, strict=True):
+            if stopped:
+                scores.append(None)
+                continue
             if ref is None:
                 scores.append(on_error)
                 continue
+            text = completion_text(completion)
             try:
-                scores.append(grader.grade(completion_text(completion), str(ref)))
+                scores.append(grader.grade(text, str(ref), prompt=prompt) if wants_prompt
+                              else grader.grade(text, str(ref)))
             except GraderError as exc:
+                if getattr(exc, "stops_run", False):
+                    stopped.append(str(exc))
+                    log.warning("%s: %s; the rest of this run's completions get no reward from it (None)",
+                                reward.__name__, exc)
+                    scores.append(None)
+                    continue
                 log.warning("%s: %s", reward.__name__, exc)
                 scores.append(on_error)
         return scores

@@ -443,14 +443,14 @@ def skip_item(engine: Engine, user: User, assignment_id: int) -> None:
         queue.skip(session=s, user=s.get(User, user.id), assignment_id=assignment_id)
 
 
-def config_form(cls: type, *, key: str, columns: int = 3) -> dict:
-    """Widgets for every field of config dataclass `cls` (labels, help and defaults from the
-    dataclass itself); returns only the values the user changed, so the config's own defaults
-    apply to the rest. Call it inside a form."""
+def config_form(cls: type, *, key: str, columns: int = 3, skip: tuple[str, ...] = ()) -> dict:
+    """Widgets for every field of config dataclass `cls` but those in `skip` (the page draws them
+    itself), with labels, help and defaults from the dataclass; returns only the values the user
+    changed, so the config's own defaults apply to the rest. Call it inside a form."""
     from feedback.config_fields import changed, describe
 
     values, cols = {}, st.columns(columns)
-    for i, spec in enumerate(s for s in describe(cls) if s.kind is not dict):
+    for i, spec in enumerate(s for s in describe(cls) if s.kind is not dict and s.name not in skip):
         col, wkey = cols[i % columns], f"{key}-{spec.name}"
         if spec.kind is bool:
             values[spec.name] = col.checkbox(spec.name, value=bool(spec.default), help=spec.help, key=wkey)

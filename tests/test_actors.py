@@ -62,7 +62,8 @@ def test_each_job_kind_sees_only_its_secrets(monkeypatch):
     assert seen == {"sample": {"POLICY_API_KEY", "SECRET_KEY"}, "grade": set(),
                     "judge": {"ANTHROPIC_API_KEY", "JUDGE_API_KEY", "SECRET_KEY"},
                     "train": {"POLICY_API_KEY", "ANTHROPIC_API_KEY", "JUDGE_API_KEY", "SECRET_KEY"},
-                    "loop": {"POLICY_API_KEY", "ANTHROPIC_API_KEY", "JUDGE_API_KEY", "SECRET_KEY"}}
+                    "loop": {"POLICY_API_KEY", "ANTHROPIC_API_KEY", "JUDGE_API_KEY", "SECRET_KEY"},
+                    "reft": {"POLICY_API_KEY", "ANTHROPIC_API_KEY", "JUDGE_API_KEY", "SECRET_KEY"}}
 
 
 def test_release_deploys_promotes_and_samples_from_the_new_policy(engine, use_db, registered, monkeypatch):

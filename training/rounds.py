@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,6 +29,7 @@ from feedback.model_cache import resolve_model_dir
 from feedback.policies import active_policy, next_version_name, policy_by_name
 from feedback.settings import get_settings
 from training.evaluate import GateConfig, evaluate
+from training.rewards import build_rewards, round_sources, with_stage_weights
 from training.snapshot import SnapshotFilter, create_snapshot, reference_rows, rows_for_stage
 from training.stages import STAGES
 from training.stages.base import StageInputs, latest_checkpoint
@@ -48,8 +50,13 @@ class RoundConfig:
                                choices=("base", "parent"))
     sft_source: str = cfg_field("chosen", "sft trains on the snapshot's chosen responses, or on prompts' references.",
                                 choices=("chosen", "reference"))
-    grader: str = cfg_field("numeric", "Reward for grpo / rloo / ppo: a grader against references (ReFT / RFT).")
+    grader: str = cfg_field("numeric", "Reward for grpo / rloo / ppo: a grader against references (ReFT / RFT); "
+                                       "unused when rewards is given.")
     reward_job: int | None = cfg_field(None, "ppo: also reward with the reward model this training job produced.")
+    rewards: list[str] = cfg_field(  # noqa: RUF009 - cfg_field copies a list default per instance
+        [], "grpo / rloo / ppo: the rewards mixed by weight, 'WEIGHT*SOURCE' each (weight optional): a grader spec, "
+            "judge-score:..., judge-pairwise:... or reward-model:JOB_ID (see training/rewards.py); empty: grader "
+            "(and reward_job).")
     evaluate: bool = cfg_field(True, "Run the evaluation gate on the new version.")
     gate: dict[str, Any] = cfg_field({}, "GateConfig overrides.")
     snapshot_id: int | None = cfg_field(None, "Set by start_round: the snapshot frozen for this round.")
@@ -66,6 +73,13 @@ class RoundConfig:
             raise UserError(f"Unknown {self.stage} setting(s): {', '.join(sorted(unknown))}.")
         SnapshotFilter(**self.snapshot)  # validates
         GateConfig(**self.gate)
+        if self.rewards:
+            if self.stage not in GRADER_STAGES:
+                raise UserError(f"rewards are for {', '.join(GRADER_STAGES)} rounds, not {self.stage}.")
+            if self.reward_job:
+                raise UserError("With rewards, name the reward model there ('reward-model:JOB_ID'), not in reward_job.")
+            # The weights become the stage's settings, so the version's train_config records them.
+            self.stage_config = with_stage_weights(self.stage_config, self.rewards)
 
 
 def reward_model_jobs(*, session: Session) -> list[int]:
@@ -78,6 +92,15 @@ def uses_snapshot(config: RoundConfig) -> bool:
     return config.stage in LABEL_STAGES and not (config.stage == "sft" and config.sft_source == "reference")
 
 
+def lock_training(session: Session) -> None:
+    """Serialise "is a training job active? then queue one" across both training kinds. SQLite
+    already runs write transactions one at a time (BEGIN IMMEDIATE); on Postgres two requests would
+    both pass the check without this lock, which lasts until the commit. (The partial unique index
+    on jobs covers kind 'train' only.)"""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": zlib.crc32(b"feedback.training")})
+
+
 def start_round(*, session: Session, config: RoundConfig, actor: Actor) -> Job:
     """Freeze the snapshot and queue the round. Refused while another training job is active."""
     actor.require("admin")
@@ -86,7 +109,9 @@ def start_round(*, session: Session, config: RoundConfig, actor: Actor) -> Job:
     if uses_snapshot(config):
         snapshot = create_snapshot(session=session, filters=SnapshotFilter(**config.snapshot), actor=actor)
         payload["snapshot_id"] = snapshot.id
-    active = session.scalar(select(Job).where(Job.kind == "train", Job.status.in_(jobs.ACTIVE)))
+    # A 'reft' job (training/reft.py) trains too: one training job of either kind at a time.
+    lock_training(session)
+    active = session.scalar(select(Job).where(Job.kind.in_(("train", "reft")), Job.status.in_(jobs.ACTIVE)))
     if active is not None:
         raise UserError(f"Training job {active.id} is already {active.status}; one round at a time.")
     try:
@@ -109,8 +134,6 @@ def _eval_split(rows: list[dict[str, Any]], share: float = 0.2) -> tuple[list, l
 
 
 def _inputs(session: Session, config: RoundConfig, job: Job, parent: PolicyVersion) -> StageInputs:
-    from judges.graders import as_reward_func, parse_grader
-
     settings = get_settings()
     output_dir = settings.policies_dir / f"round-{job.id}"
     resume = latest_checkpoint(output_dir) is not None
@@ -128,23 +151,31 @@ def _inputs(session: Session, config: RoundConfig, job: Job, parent: PolicyVersi
                 for r in reference_rows(session=session)]
     else:
         rows = reference_rows(session=session)
-        inputs.reward_funcs = [as_reward_func(parse_grader(config.grader))]
+        rewards = build_rewards(round_sources(rewards=config.rewards, grader=config.grader,
+                                              reward_job=config.reward_job if config.stage == "ppo" else None),
+                                session=session)
+        inputs.reward_funcs, inputs.reward_model_dir = rewards.funcs, rewards.model_dir
     if not rows:
         raise UserError(f"Nothing to train a {config.stage} round on (no matching labels or reference prompts).")
     inputs.train_rows, inputs.eval_rows = _eval_split(rows) if config.stage == "reward" else (rows, [])
-    if config.stage == "ppo" and config.reward_job:
-        reward_job = session.get(Job, config.reward_job)
-        if reward_job is None or not (reward_job.result or {}).get("reward_model_dir"):
-            raise UserError(f"Job {config.reward_job} did not produce a reward model.")
-        inputs.reward_model_dir = reward_job.result["reward_model_dir"]
     return inputs
 
 
-def run_round(*, engine: Engine, job: Job, reporter: jobs.Reporter) -> dict[str, Any]:
-    config = RoundConfig(**job.config)
+def train_candidate(*, engine: Engine, job_id: int, config: RoundConfig, reporter: jobs.Reporter,
+                    output_dir: Path | None = None, lineage: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train `config.stage` from `config.parent` and store what it made as a new candidate policy
+    version of job `job_id` (a reward model is an artifact for later rounds, not a version).
+
+    output_dir: where this stage checkpoints and saves (default: the round's directory); a job that
+    trains several stages gives each its own, so each resumes from its own checkpoints.
+    lineage: keys added to the version's train_config (a recipe names itself and the step).
+    """
     with session_scope(engine) as s:
         parent = policy_by_name(session=s, name=config.parent)
-        inputs = _inputs(s, config, s.get(Job, job.id), parent)
+        inputs = _inputs(s, config, s.get(Job, job_id), parent)
+    if output_dir is not None:
+        inputs.output_dir = output_dir
+        inputs.resume = latest_checkpoint(output_dir) is not None
     from training.callbacks import JobCallback  # transformers: here, so the CLI's parser starts fast
 
     callback = JobCallback(reporter)
@@ -158,7 +189,7 @@ def run_round(*, engine: Engine, job: Job, reporter: jobs.Reporter) -> dict[str,
     if callback.cancelled:
         raise jobs.Cancelled()
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str)) or v is None}
-    if config.stage == "reward":  # a reward model: an artifact for later rounds, not a policy
+    if config.stage == "reward":
         return {"stage": config.stage, "reward_model_dir": str(result.model_dir), "metrics": metrics}
 
     adapter_dir = model_dir = None
@@ -173,24 +204,41 @@ def run_round(*, engine: Engine, job: Job, reporter: jobs.Reporter) -> dict[str,
         version = PolicyVersion(
             name=name, base_model=parent.base_model, served_name=name,
             adapter_path=str(adapter_dir) if adapter_dir else None, model_path=str(model_dir) if model_dir else None,
-            parent_id=parent.id, job_id=job.id, snapshot_id=job.config.get("snapshot_id"), stage=config.stage,
-            train_config={**asdict(config), "stage_config": asdict(stage_config)}, metrics=metrics, status="candidate",
+            parent_id=parent.id, job_id=job_id, snapshot_id=config.snapshot_id, stage=config.stage,
+            train_config={**asdict(config), "stage_config": asdict(stage_config), **(lineage or {})},
+            metrics=metrics, status="candidate",
         )
         s.add(version)
         s.flush()
-        Actor.worker(job.id).record(session=s, action="policy.create", target=f"policy:{version.id}",
+        Actor.worker(job_id).record(session=s, action="policy.create", target=f"policy:{version.id}",
                                     details={"name": name, "parent": parent.name, "stage": config.stage})
-    out = {"stage": config.stage, "policy_version": name, "parent": parent.name, "metrics": metrics}
-    if config.evaluate:
-        reporter.progress(stage_config.max_steps, None, log=f"evaluating {name} against {parent.name}")
-        evaluation = evaluate(engine=engine, candidate=name, baseline=parent.name, config=GateConfig(**config.gate))
-        out["gate"] = {k: evaluation.get(k)
-                       for k in ("decision", "reasons", "win_rate", "win_rate_ci95", "decisive", "accuracy",
-                                 "baseline_accuracy", "length_ratio", "passed")}
-        with session_scope(engine) as s:
-            s.scalar(select(PolicyVersion).where(PolicyVersion.name == name)).evaluation = evaluation
-            webhooks.emit(session=s, event="gate.result", payload={"job_id": job.id, "policy_version": name,
-                                                                    "baseline": parent.name, **out["gate"]})
+    return {"stage": config.stage, "policy_version": name, "parent": parent.name, "metrics": metrics}
+
+
+GATE_SUMMARY = ("decision", "reasons", "win_rate", "win_rate_ci95", "decisive", "accuracy", "baseline_accuracy",
+                "length_ratio", "passed")
+
+
+def gate_candidate(*, engine: Engine, job_id: int, candidate: str, baseline: str,
+                   gate: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation gate on `candidate` against `baseline`: stored on the candidate, announced as
+    a gate.result webhook, and summarised for the job's result."""
+    evaluation = evaluate(engine=engine, candidate=candidate, baseline=baseline, config=GateConfig(**gate))
+    summary = {k: evaluation.get(k) for k in GATE_SUMMARY}
+    with session_scope(engine) as s:
+        s.scalar(select(PolicyVersion).where(PolicyVersion.name == candidate)).evaluation = evaluation
+        webhooks.emit(session=s, event="gate.result", payload={"job_id": job_id, "policy_version": candidate,
+                                                                "baseline": baseline, **summary})
+    return summary
+
+
+def run_round(*, engine: Engine, job: Job, reporter: jobs.Reporter) -> dict[str, Any]:
+    config = RoundConfig(**job.config)
+    out = train_candidate(engine=engine, job_id=job.id, config=config, reporter=reporter)
+    if config.evaluate and "policy_version" in out:
+        name, parent = out["policy_version"], out["parent"]
+        reporter.progress(out["metrics"].get("global_step") or 0, None, log=f"evaluating {name} against {parent}")
+        out["gate"] = gate_candidate(engine=engine, job_id=job.id, candidate=name, baseline=parent, gate=config.gate)
     return out
 
 

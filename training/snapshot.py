@@ -57,6 +57,8 @@ class SnapshotFilter:
     since: str | None = cfg_field(None, "Only labels created at or after this ISO date/time.")
     until: str | None = cfg_field(None, "Only labels created before this ISO date/time.")
     project: str | None = cfg_field(None, "Only this project's labels (None: every project).")
+    items: list[int] = cfg_field([], "Only labels on these items (empty: any); a people loop's round trains on "
+                                 "the labels of its own pairs.", flag="--item")
     rule: Rule = cfg_field("majority", "Several labels on one item: majority, drop (unanimous only), soft "
                            "(every vote a row) or reliability (Dawid-Skene; its estimates are frozen with the "
                            "snapshot).")
@@ -103,6 +105,8 @@ def _matching_labels(session: Session, f: SnapshotFilter):
         if project_id is None:
             raise UserError(f"No project called {f.project!r}.")
         query = query.where(Label.item_id.in_(select(Item.id).where(Item.project_id == project_id)))
+    if f.items:
+        query = query.where(Label.item_id.in_(f.items))
     if f.policy_versions:
         versions = select(PolicyVersion.id).where(PolicyVersion.name.in_(f.policy_versions))
         responses = select(Response.id).where(Response.policy_version_id.in_(versions))

@@ -1,6 +1,7 @@
 """GRPO (group relative policy optimisation) of a LoRA adapter against programmatic rewards:
-graders scoring sampled answers against the prompts' reference answers (ReFT / RFT style),
-and optionally a trained reward model. Rows: {prompt: chat messages, reference: str}.
+graders scoring sampled answers against the prompts' reference answers (ReFT / RFT style), the
+AI judge (judges/judge_rewards.py), and optionally a trained reward model, summed with
+reward_weights. Rows: {prompt: chat messages, reference: str}.
 
 Each prompt gets num_generations samples, generated in-process with transformers (no vLLM:
 use_vllm stays off, so this runs on CPU); a sample's advantage is its reward relative to its
@@ -30,6 +31,10 @@ class GRPOStageConfig(CommonConfig):
     max_completion_length: int = cfg_field(64, "Longest sampled answer in tokens.")
     temperature: float = cfg_field(1.0, "Sampling temperature; the group needs diverse answers to learn from.")
     beta: float = cfg_field(0.0, "KL penalty towards the reference policy (0: none, and no reference pass).")
+    reward_weights: list[float] = cfg_field(  # noqa: RUF009 - cfg_field copies a list default per instance
+        [], "One weight per reward function, in order (empty = 1.0 each); rewards are summed with these weights.")
+    reward_model_weight: float = cfg_field(
+        1.0, "Weight of the reward model's score when the round supplies a reward model.")
 
     def __post_init__(self) -> None:
         check_group_sizes(self, "grpo")
@@ -49,25 +54,46 @@ def check_group_sizes(cfg: Any, name: str) -> None:
 
 
 def reward_funcs(inputs: StageInputs, name: str) -> list[Callable[..., list[float]] | str]:
-    """The round's reward functions (graders), plus its reward model directory if it has one
-    (TRL loads it as a sequence-classification model)."""
+    """The round's reward functions (graders, judges), plus its reward model directory if it has
+    one, last (TRL loads it as a sequence-classification model)."""
     funcs: list[Callable[..., list[float]] | str] = list(inputs.reward_funcs)
     if inputs.reward_model_dir:
         funcs.append(str(inputs.reward_model_dir))
     if not funcs:
-        raise UserError(f"{name} needs a reward: a grader (reward function) or a reward model.")
+        raise UserError(f"{name} needs a reward: a grader or judge (reward function) or a reward model.")
     return funcs
+
+
+def trl_reward_weights(cfg: Any, inputs: StageInputs, name: str) -> list[float] | None:
+    """TRL's reward_weights, aligned with reward_funcs(): one per function, then the reward model's.
+    None when every weight is 1 (TRL's own default)."""
+    if cfg.reward_weights and len(cfg.reward_weights) != len(inputs.reward_funcs):
+        raise UserError(f"{name}: reward_weights has {len(cfg.reward_weights)} entries for "
+                        f"{len(inputs.reward_funcs)} reward functions.")
+    weights = [float(w) for w in cfg.reward_weights] or [1.0] * len(inputs.reward_funcs)
+    if inputs.reward_model_dir:
+        weights.append(float(cfg.reward_model_weight))
+    return None if all(w == 1.0 for w in weights) else weights
+
+
+def reward_provenance(funcs: list[Any]) -> dict[str, float]:
+    """The judges' counts for the round's metrics (requests, cost, cache hits, budget), by name."""
+    return {f"{func.__name__}/{key}": value for func in funcs if callable(getattr(func, "stats", None))
+            for key, value in func.stats().items()}
 
 
 def main(cfg: GRPOStageConfig, inputs: StageInputs) -> StageResult:
     from trl import GRPOConfig, GRPOTrainer
 
-    return run_trl_stage(
+    result = run_trl_stage(
         cfg, inputs, name="grpo", config_class=GRPOConfig, trainer_class=GRPOTrainer, columns={"prompt"},
         log_keys=LOG_KEYS, reference=KLReference(in_loss=cfg.beta != 0.0, trainer_takes_ref_model=False),
         trainer_kwargs={"reward_funcs": reward_funcs(inputs, "grpo")},
         config_kwargs={"num_generations": cfg.num_generations, "max_completion_length": cfg.max_completion_length,
-                       "temperature": cfg.temperature, "beta": cfg.beta, "use_vllm": False})
+                       "temperature": cfg.temperature, "beta": cfg.beta, "use_vllm": False,
+                       "reward_weights": trl_reward_weights(cfg, inputs, "grpo")})
+    result.metrics.update(reward_provenance(inputs.reward_funcs))
+    return result
 
 
 STAGE = Stage(config=GRPOStageConfig, main=main)

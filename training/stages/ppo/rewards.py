@@ -1,5 +1,6 @@
 """Step 2 of a PPO step: one scalar reward per completion, the weighted sum of a round's reward
-functions (graders, judges) and its trained reward model."""
+functions (graders, judges) and its trained reward model. A judge's counts (requests, cost, cache
+hits, budget) go into the step's logs as rewards/<judge>/<count>."""
 from __future__ import annotations
 
 import math
@@ -56,6 +57,8 @@ def score_completions(rows: list[dict[str, Any]], texts: list[str], completion_i
         total += weight * torch.nan_to_num(scores, nan=0.0)
         name = getattr(func, "__name__", "reward_func")
         by_source[name] = float(scores.nanmean()) if scores.isfinite().any() else 0.0
+        if callable(getattr(func, "stats", None)):  # a judge's requests, cost, cache hits, budget so far
+            by_source.update({f"{name}/{key}": float(value) for key, value in func.stats().items()})
     if sources.model is not None:
         scores = torch.tensor(sources.model(prompts, texts))
         total += sources.model_weight * scores
