@@ -82,7 +82,7 @@ def progress_texts(at: AppTest) -> list[str]:
 def test_the_empty_loop_tab_says_what_will_appear(admin_app):
     at = admin_app
     assert not at.exception, at.exception
-    assert [t.label for t in at.tabs][-1] == "Loop"
+    assert [t.label for t in at.tabs][-2:] == ["Loop", "ReFT"]
     assert any(i.value.startswith("No loop has run yet.") and "Policy versions" in i.value for i in at.info)
     assert buttons(at) == []
     # The form is LoopConfig's own: its fields, with their defaults.

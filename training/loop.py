@@ -33,18 +33,20 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from db.engine import session_scope
-from db.models import Item, Job, Label, PolicyVersion, Project, Prompt, Response
+from db.models import Assignment, Item, ItemDecision, Job, Label, PolicyVersion, Project, Prompt, Response
 from feedback import jobs
 from feedback.actors import Actor
 from feedback.config_fields import cfg_field
 from feedback.errors import UserError
 from feedback.policies import active_policy, policy_by_name
 from feedback.policy import SamplingParams, client_for
+from feedback.priority import new_item_key
 from feedback.projects import default_project, get_project
 from feedback.release import release_policy
 from feedback.sampling import make_items, store_responses
 from feedback.tags import has_any_tag
-from training.rounds import LABEL_STAGES, ROW_FORMAT, RoundConfig, start_round
+from training.reft import active_training
+from training.rounds import LABEL_STAGES, ROW_FORMAT, RoundConfig, lock_training, start_round
 
 Labeler = Literal["grader", "judge", "reward", "people"]
 LABELERS = ("grader", "judge", "reward", "people")
@@ -265,10 +267,24 @@ def _human_labels(session: Session, item_ids: list[int]) -> int:
         Label.item_id.in_(item_ids), Label.source == "human", Label.choice.in_(("a", "b")))) or 0
 
 
+def _can_take_labels(session: Session, item_ids: list[int], overlap: int) -> bool:
+    """Whether any of these pairs may still get a label: one without a final answer and with fewer
+    finished assignments than the project's overlap (a lease not yet answered may still bring one).
+    A tie or 'both bad' takes a slot without preferring a response, so a round can run out of slots."""
+    if not item_ids:
+        return False
+    done = (select(Assignment.item_id).where(Assignment.item_id.in_(item_ids), Assignment.status == "done")
+            .group_by(Assignment.item_id).having(func.count() >= overlap))
+    decided = select(ItemDecision.item_id).where(ItemDecision.item_id.in_(item_ids))
+    return session.scalar(select(func.count()).select_from(Item).where(
+        Item.id.in_(item_ids), Item.id.not_in(done), Item.id.not_in(decided))) > 0
+
+
 # --- one round's phases -------------------------------------------------------------------------
 
 
-def _round_prompts(session: Session, *, job_id: int, limit: int, tags: list[str], with_reference: bool) -> list[Prompt]:
+def _round_prompts(session: Session, *, job_id: int, limit: int, tags: list[str], with_reference: bool,
+                   after_response: int) -> list[Prompt]:
     """Train prompts this loop has sampled least often first, then by id: successive rounds walk
     through the train split. (Ordering by the current version's own answers, as sampling.select_prompts
     does, would hand every round the same first prompts: each round samples from a new version.)"""
@@ -276,6 +292,10 @@ def _round_prompts(session: Session, *, job_id: int, limit: int, tags: list[str]
                .group_by(Response.prompt_id).subquery())
     query = (select(Prompt).outerjoin(sampled, sampled.c.prompt_id == Prompt.id).where(Prompt.split == "train")
              .order_by(func.coalesce(sampled.c.n, 0), Prompt.id))
+    # Never a prompt this round sampled before it was interrupted (a split smaller than a round has
+    # no unsampled prompts to put first).
+    query = query.where(Prompt.id.not_in(select(Response.prompt_id).where(
+        Response.job_id == job_id, Response.id > after_response)))
     if with_reference:  # filtered in the query, so a round still gets `limit` prompts that have references
         query = query.where(Prompt.reference.is_not(None))
     if tags:
@@ -296,7 +316,8 @@ def _sample(engine: Engine, config: LoopConfig, scorer: _Scorer | None, job_id: 
         done = s.scalar(select(func.count(func.distinct(Response.prompt_id)))
                         .where(Response.job_id == job_id, Response.id > row["after_response"])) or 0
         prompts = _round_prompts(s, job_id=job_id, limit=max(0, config.prompts_per_round - done), tags=config.tags,
-                                 with_reference=config.labeler == "grader") if done < config.prompts_per_round else []
+                                 with_reference=config.labeler == "grader",
+                                 after_response=row["after_response"]) if done < config.prompts_per_round else []
         project_id = _project(s, config).id
     if not prompts and not done:
         raise UserError("No train prompts to sample (with references, for the grader labeler).")
@@ -340,33 +361,39 @@ def _sample(engine: Engine, config: LoopConfig, scorer: _Scorer | None, job_id: 
 
 def _wait_for_labels(engine: Engine, config: LoopConfig, job_id: int, row: dict[str, Any],
                      reporter: jobs.Reporter | None, save) -> None:
-    """Poll until the round's pairs have `labels_needed` human labels. Each poll reports progress
-    (a heartbeat, and where a pause or cancel takes effect) and puts the round's still open pairs
-    back at the head of the queue (a reorder of the project would have moved them)."""
+    """Poll until the round's pairs have `labels_needed` human labels, or can take no more. Each
+    poll reports progress (a heartbeat, and where a pause or cancel takes effect) and puts the
+    round's still open pairs back at the head of the queue (a reorder of the project would have
+    moved them), and earlier rounds' pairs out of it (same tier and lower ids: they would go first)."""
     while True:
         with session_scope(engine) as s:
+            project = _project(s, config)
             items = _round_items(s, job_id, row)
             labels = _human_labels(s, items)
+            open_pairs = _can_take_labels(s, items, project.overlap)
             s.execute(update(Item).where(Item.id.in_(items), Item.queue_key != FIRST_IN_QUEUE)
                       .values(queue_key=FIRST_IN_QUEUE))
+            s.execute(update(Item).where(Item.job_id == job_id, Item.id <= row["after_item"],
+                                         Item.queue_key == FIRST_IN_QUEUE)
+                      .values(queue_key=new_item_key(project.queue_order)))
         if labels != row.get("labels"):
             row["labels"] = labels
             save()
             if reporter:
                 reporter.progress(row["round"] - 1, config.rounds,
                                   log=f"round {row['round']}: {labels} of {row['labels_needed']} labels")
-        if labels >= row["labels_needed"]:
+        if labels >= row["labels_needed"] or not open_pairs:
             return
         if reporter:
             reporter.progress(row["round"] - 1, config.rounds)
         time.sleep(config.poll_seconds)
 
 
-def _snapshot_filter(config: LoopConfig, scorer: _Scorer | None, items: list[int], row: dict[str, Any]) -> dict:
+def _snapshot_filter(config: LoopConfig, scorer: _Scorer | None, items: list[int]) -> dict:
     kto = {"kto_from_pairs": True} if config.stage == "kto" else {}
-    if scorer is None:  # exactly the people's labels on this round's pairs
-        return {"sources": ["human"], "items": items, **kto}
-    return {"sources": [scorer.source], "policy_versions": [row["parent"]], "since": row["started"], **kto}
+    # Exactly the labels on this round's pairs: the people's, or the scorer's (a grading job labelling
+    # the parent's answers meanwhile writes grader labels too, on pairs that are not the round's).
+    return {"sources": ["human" if scorer is None else scorer.source], "items": items, **kto}
 
 
 def _train(engine: Engine, config: LoopConfig, scorer: _Scorer | None, job_id: int, row: dict[str, Any]) -> Job:
@@ -374,27 +401,52 @@ def _train(engine: Engine, config: LoopConfig, scorer: _Scorer | None, job_id: i
     checkpoint) when it was interrupted or failed, started when there is none."""
     actor = Actor.worker(job_id)
     with session_scope(engine) as s:
+        # A killed worker's train job stops heartbeating seconds after its loop: resumed in between,
+        # the loop would take it for running.
+        jobs.mark_stale(session=s)
         train = s.get(Job, row["train_job"]) if row.get("train_job") else None
         if train is not None and train.status in ("interrupted", "failed", "paused"):
+            lock_training(s)  # as start_round does: one training job (train or reft) at a time
+            other = active_training(session=s, exclude=train.id)
+            if other is not None:
+                raise UserError(f"round {row['round']}: training job {other.id} ({other.kind}) is {other.status}; "
+                                f"one training job at a time. Resume loop job {job_id} when it has finished.")
             train = jobs.resume(session=s, job_id=train.id, actor=actor)
         elif train is not None and train.status == "running":
             raise UserError(f"round {row['round']}: its training job {train.id} is still running.")
         elif train is None or train.status == "cancelled":
             round_config = RoundConfig(stage=config.stage, stage_config=config.stage_config, parent=row["parent"],
                                        reference=config.reference, gate=config.gate, evaluate=True,
-                                       snapshot=_snapshot_filter(config, scorer, _round_items(s, job_id, row), row))
+                                       snapshot=_snapshot_filter(config, scorer, _round_items(s, job_id, row)))
             train = start_round(session=s, config=round_config, actor=actor)
             row["train_job"] = train.id
             # In the job's transaction: a crash cannot leave a train job the loop does not know about.
             _store(s, job_id, config, _table_of(s, job_id, row))
         train_id, status = train.id, train.status
-    done = jobs.run_job(engine=engine, job_id=train_id) if status == "queued" else None
+    done = (jobs.run_job(engine=engine, job_id=train_id, listener=_passes_cancel_on(engine, job_id, train_id))
+            if status == "queued" else None)
     if done is None:
         with session_scope(engine, read_only=True) as s:
             done = s.get(Job, train_id)
+    if done.status == "cancelled":
+        with session_scope(engine, read_only=True) as s:
+            if s.get(Job, job_id).cancel_requested:
+                raise jobs.Cancelled()  # the loop was cancelled while it trained: it ends cancelled too
     if done.status != "succeeded":
         raise UserError(f"round {row['round']}: training job {done.id} {done.status}: {done.error}")
     return done
+
+
+def _passes_cancel_on(engine: Engine, loop_id: int, train_id: int):
+    """A progress listener for the round's train job: when the loop is cancelled, cancel the train
+    job too, so "stop for good" does not wait for the round's training to finish. (A pause lets it
+    finish: the paused loop resumes with the round trained.) One small read per training step."""
+    def listener(done: int, total: int | None) -> None:
+        with session_scope(engine) as s:
+            if s.get(Job, loop_id).cancel_requested:
+                s.execute(update(Job).where(Job.id == train_id).values(cancel_requested=True))
+
+    return listener
 
 
 def _kl(train: Job) -> float | None:
@@ -490,7 +542,10 @@ def run_loop(*, engine: Engine, config: LoopConfig, job_id: int,
         if row["phase"] == "waiting":
             report(row, f"waiting for {row['labels_needed']} labels on {row['pairs']} pairs")
             _wait_for_labels(engine, config, job_id, row, reporter, save)
-            row["phase"] = "training"
+            if row["labels"]:
+                row["phase"] = "training"
+            else:  # every pair answered with a tie or 'both bad': nothing a pair stage can learn from
+                row.update(phase="done", note="no labels preferring a response")
             save()
         if row["phase"] == "training":
             report(row, f"training {config.stage} on {row['labels']} labels")

@@ -52,9 +52,13 @@ def score_completions(rows: list[dict[str, Any]], texts: list[str], completion_i
         if len(raw) != len(rows):
             raise UserError(f"{getattr(func, '__name__', func)} returned {len(raw)} rewards "
                             f"for {len(rows)} completions.")
-        # None = "not applicable" (TRL's convention): that source adds nothing for this sample.
         scores = torch.tensor([math.nan if s is None else float(s) for s in raw])
-        total += weight * torch.nan_to_num(scores, nan=0.0)
+        # None = "not applicable" (TRL's convention), e.g. a judge whose budget ran out. PPO rewards
+        # are absolute, so a 0 there would punish the sample; it gets the batch's mean of that
+        # source instead, which neither rewards nor punishes it against the others.
+        known = scores.isfinite()
+        fill = float(scores[known].mean()) if known.any() else 0.0
+        total += weight * torch.where(known, scores, torch.full_like(scores, fill))
         name = getattr(func, "__name__", "reward_func")
         by_source[name] = float(scores.nanmean()) if scores.isfinite().any() else 0.0
         if callable(getattr(func, "stats", None)):  # a judge's requests, cost, cache hits, budget so far
