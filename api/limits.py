@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from feedback.settings import get_settings
+from api.auth import api_settings
 
 MAX_TRACKED = 10_000  # buckets kept before idle (full) ones are forgotten
 
@@ -76,7 +76,7 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = get_settings().api_max_body_bytes
+        limit = api_settings().api_max_body_bytes  # read on every request: the cached copy
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             await JSONResponse({"error": too_large_message(limit)}, status_code=413)(scope, receive, send)

@@ -10,11 +10,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, params
 from fastapi.dependencies.utils import get_flat_params
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
-from api.auth import Admin, Anyone, Reader, get_engine
+from api.auth import Admin, Anyone, Caller, Reader, get_engine
 from api.errors import error
 from api.schemas import (
     SETTING_NAMES,
+    AnswerIn,
+    ClaimOut,
     ErrorOut,
     ExportQuery,
     JobIn,
@@ -28,10 +31,11 @@ from api.schemas import (
     PushPrompts,
     RecordIn,
     RecordOut,
+    SubmittedOut,
 )
 from db.engine import session_scope
-from db.models import LABEL_KINDS, LABEL_SOURCES, Job, PolicyVersion
-from feedback import jobs
+from db.models import LABEL_KINDS, LABEL_SOURCES, Job, PolicyVersion, User
+from feedback import jobs, queue
 from feedback.errors import UserError
 from feedback.export import FORMATS, export_rows
 from feedback.label_pages import MAX_LABELS_PAGE, read_labels
@@ -153,6 +157,57 @@ def export(fmt: Annotated[Format, Path(description="dpo, kto, reward or sft (fee
             yield (json.dumps(row, ensure_ascii=False, default=str) + "\n").encode("utf-8")
 
     return StreamingResponse(lines(), media_type="application/jsonl", headers=headers)
+
+
+@router.post("/projects/{project}/claim", response_model=ClaimOut, tags=["annotation"],
+             summary="The caller's current item in a project, or a newly leased one (annotators)")
+def claim(project: Annotated[str, Path(max_length=64)], who: Anyone) -> Any:
+    """What a labelling page shows next: the item stays the caller's until its lease ends or they
+    label it; claiming again before that gives the same item. `item` null: nothing left for them."""
+    with session_scope(get_engine()) as session:
+        found = queue.claim_next(session=session, user=_attached(session, who), project=project)
+        return {"item": _item(found)}
+
+
+@router.post("/assignments/{assignment_id}/label", response_model=SubmittedOut, tags=["annotation"],
+             responses={409: {"model": ErrorOut, "description": "The item was labelled already, under another "
+                                                                "submission id: this answer was not recorded."}},
+             summary="Label a claimed item, and with next=true claim the next one (annotators)")
+def label(assignment_id: Annotated[int, Path(ge=1, le=2**62)], body: AnswerIn, who: Anyone) -> Any:
+    """Idempotent on `submission_id`: a retried submit returns the label the first one wrote."""
+    answer = body.model_dump(exclude={"submission_id", "next"})
+    try:
+        return _label(assignment_id, body, answer, who)
+    except queue.AlreadyLabelled as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
+def _label(assignment_id: int, body: AnswerIn, answer: dict[str, Any], who: Caller) -> dict[str, Any]:
+    with session_scope(get_engine()) as session:
+        user = _attached(session, who)
+        if body.next:
+            done = queue.submit_then_claim(session=session, user=user, assignment_id=assignment_id,
+                                           submission_id=body.submission_id, **answer)
+            written, following, refused = done.label, _item(done.next), done.refused
+        else:
+            written, following, refused = queue.submit_answer(
+                session=session, user=user, assignment_id=assignment_id, submission_id=body.submission_id,
+                **answer), None, None
+        return {"label_id": written.id, "submission_id": written.submission_id, "next": following,
+                "next_refused": refused}
+
+
+def _attached(session: Session, who: Caller) -> User:
+    # The caller's user was read, all its columns, by api.auth in its own read-only session: put a
+    # copy into this write session without reading it again.
+    return session.merge(who.actor.user, load=False)
+
+
+def _item(claim: queue.Claim | None) -> dict[str, Any] | None:
+    if claim is None:
+        return None
+    return {"assignment_id": claim.assignment_id, "item_id": claim.item_id, "kind": claim.kind,
+            "messages": claim.messages, "responses": list(claim.responses), "expires_at": claim.expires_at}
 
 
 @router.post("/jobs", response_model=JobOut, status_code=201, tags=["jobs"], summary="Start a job (admins)")

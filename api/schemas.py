@@ -187,6 +187,54 @@ class MeOut(BaseModel):
     token: TokenOut
 
 
+class ItemOut(BaseModel):
+    """An item leased to the caller, in the order they see it (a fresh order per annotator).
+    The prompt and the responses are model output or imported text: show them as text."""
+
+    assignment_id: int = Field(description="What a label is submitted for.")
+    item_id: int
+    kind: str = Field(description="pair, single, rank, rating or edit: which answer a label gives.")
+    messages: list[Message] = Field(description="The prompt, as a chat.")
+    responses: list[str] = Field(description="The responses' texts as shown: a pair's left then right; "
+                                             "rank and rating items: K of them.")
+    expires_at: datetime = Field(description="The lease's end: a later label is kept only if the slot is "
+                                             "still free.")
+
+
+class ClaimOut(BaseModel):
+    item: ItemOut | None = Field(description="The caller's current item in the project, or a newly leased one; "
+                                             "null: nothing left for them.")
+
+
+class AnswerIn(BaseModel):
+    """One answer, as the item's kind takes it, given in the order shown (left/right, the i-th
+    response on screen)."""
+
+    submission_id: str = Field(min_length=8, max_length=64,
+                               description="Your id for this submit (a fresh random one per answer, e.g. a "
+                                           "UUID): sending it again returns the same label.")
+    preferred: Literal["left", "right", "tie", "both_bad"] | None = Field(None, description="pair items.")
+    strength: Literal["slight", "much"] | None = Field(None, description="pair items, with left or right.")
+    thumb: Literal["up", "down"] | None = Field(None, description="single items.")
+    ranks: list[int] | None = Field(None, max_length=64, description="rank items: the rank (1 = best, ties "
+                                                                     "allowed) of each response as shown.")
+    ratings: list[dict[str, Any]] | None = Field(
+        None, max_length=64, description='rating items: {"scores": {aspect: 1..5}, "rationales": {aspect: text}} '
+                                         "per response as shown.")
+    edited_text: str | None = Field(None, description="edit items: the rewrite.")
+    rationale: str | None = Field(None, description="Why (at most 4000 characters).")
+    next: bool = Field(False, description="Also claim the next item of the project, in the same request "
+                                          "(one round trip and one commit instead of two).")
+
+
+class SubmittedOut(BaseModel):
+    label_id: int
+    submission_id: str
+    next: ItemOut | None = Field(None, description="With next=true: the next item, or null when nothing is left "
+                                                   "(or `next_refused` says why none may be handed out).")
+    next_refused: str | None = None
+
+
 class ErrorOut(BaseModel):
     error: str
 

@@ -147,6 +147,20 @@ class Client:
 
     # --- labels and exports -----------------------------------------------------------------
 
+    def claim(self, project: str = "default") -> dict[str, Any] | None:
+        """The caller's current item in `project`, or a newly leased one (their role and membership
+        allowing); None when nothing is left for them. Its `responses` are in the order shown."""
+        return self._json("POST", f"/projects/{urllib.parse.quote(project, safe='')}/claim")["item"]
+
+    def label(self, assignment_id: int, *, submission_id: str, next: bool = False, **answer: Any) -> dict[str, Any]:
+        """Label a claimed item with one answer of its kind (preferred=, thumb=, ranks=, ratings= or
+        edited_text=; rationale=, strength=), given in the order shown. Retried safely: the same
+        `submission_id` returns the same label (choose a fresh one per answer, e.g. uuid4().hex); a
+        different one for a labelled item is ApiError 409. With next=True the answer carries
+        `next`, the following item (None: nothing left, `next_refused` says if it was refused)."""
+        body = {"submission_id": submission_id, "next": next, **answer}
+        return self._json("POST", f"/assignments/{int(assignment_id)}/label", body=body)
+
     def labels(self, *, project: str | None = None, source: str | None = None, kind: str | None = None,
                since: str | datetime | None = None, after: int = 0, page_size: int = 200) -> Iterator[dict[str, Any]]:
         """Every label matching the filters, oldest first, fetched a page at a time. `since`: a

@@ -43,7 +43,7 @@ from feedback import conversions, gold
 from feedback.actors import Actor, require_role
 from feedback.decisions import gold_items
 from feedback.errors import UserError
-from feedback.projects import current_guidelines, default_project, require_member
+from feedback.projects import current_guidelines, default_project, get_project, require_member
 from feedback.tags import has_any_tag
 
 ANNOTATING_ROLES = ("annotator", "reviewer", "admin")
@@ -174,10 +174,12 @@ def _claim_of(session: Session, assignment: Assignment) -> Claim:
                  guidelines_id=assignment.guidelines_id)
 
 
-def resolve_project(session: Session, project: Project | int | None, kind: str | None) -> Project:
-    """A project given as itself or its id; None means the default project of `kind`."""
+def resolve_project(session: Session, project: Project | int | str | None, kind: str | None) -> Project:
+    """A project given as itself, its id or its name; None means the default project of `kind`."""
     if isinstance(project, Project):
         return project
+    if isinstance(project, str):
+        return get_project(session=session, name=project)
     if project is not None:
         found = session.get(Project, project)
         if found is None:
@@ -186,8 +188,8 @@ def resolve_project(session: Session, project: Project | int | None, kind: str |
     return default_project(session=session, kind=kind or "pair")
 
 
-def claim_next(*, session: Session, user: User, project: Project | int | None = None, kind: str | None = None,
-               now: datetime | None = None, rng: random.Random | None = None) -> Claim | None:
+def claim_next(*, session: Session, user: User, project: Project | int | str | None = None,
+               kind: str | None = None, now: datetime | None = None, rng: random.Random | None = None) -> Claim | None:
     """The annotator's current item in this project, or a newly leased one; None if its pool is
     empty. Without a project, the default project of `kind` ('pair' or 'single')."""
     require_role(user, *ANNOTATING_ROLES)
@@ -450,6 +452,72 @@ def submit_edit(*, session: Session, user: User, assignment_id: int, submission_
                          edit_distance=conversions.edit_distance(original.strip(), edited),
                          rationale=_clean_rationale(rationale))
     return _record(session, user, assignment, label, now)
+
+
+ANSWER_FIELDS = ("preferred", "thumb", "ranks", "ratings", "edited_text")
+
+
+class AlreadyLabelled(UserError):
+    """A submit for an item the annotator labelled already, under another submission id (the API
+    answers 409, as for a client id that names a different record)."""
+
+
+def submit_answer(*, session: Session, user: User, assignment_id: int, submission_id: str,
+                  preferred: str | None = None, strength: str | None = None, thumb: str | None = None,
+                  ranks: list[int] | None = None, ratings: list[dict] | None = None, edited_text: str | None = None,
+                  rationale: str | None = None, now: datetime | None = None) -> Label:
+    """Record the one answer given (pairwise `preferred`, binary `thumb`, `ranks`, `ratings` or
+    `edited_text`) with the submit_* of that kind, for clients that retry (the HTTP API): the same
+    submission id again returns the same label; a different one for an item already labelled is
+    refused (AlreadyLabelled) rather than answered with the first label, so a client learns that its second
+    answer was not recorded."""
+    given = {name: value for name, value in (("preferred", preferred), ("thumb", thumb), ("ranks", ranks),
+                                              ("ratings", ratings), ("edited_text", edited_text))
+             if value is not None}
+    if len(given) != 1:
+        raise UserError(f"Give exactly one answer: one of {', '.join(ANSWER_FIELDS)}"
+                        f"{f' (not {len(given)}: ' + ', '.join(given) + ')' if given else ''}.")
+    if strength is not None and "preferred" not in given:
+        raise UserError("strength goes with a pairwise preference only.")
+    common = {"session": session, "user": user, "assignment_id": assignment_id, "submission_id": submission_id,
+              "rationale": rationale, "now": now}
+    if "preferred" in given:
+        label = submit_pairwise(**common, preferred=preferred, strength=strength)
+    elif "thumb" in given:
+        label = submit_binary(**common, thumb=thumb)
+    elif "ranks" in given:
+        label = submit_rank(**common, ranks=ranks)
+    elif "ratings" in given:
+        label = submit_rating(**common, ratings=ratings)
+    else:
+        label = submit_edit(**common, edited_text=edited_text)
+    if label.submission_id != submission_id:
+        raise AlreadyLabelled(f"This item was labelled already, by the submission {label.submission_id[:64]!r}; "
+                       "the answer of this one was not recorded.")
+    return label
+
+
+@dataclass(frozen=True)
+class Submitted:
+    label: Label
+    next: Claim | None  # None: nothing left for this annotator in the project, or `refused` says why
+    refused: str | None = None
+
+
+def submit_then_claim(*, session: Session, user: User, assignment_id: int, submission_id: str,
+                      now: datetime | None = None, rng: random.Random | None = None, **answer) -> Submitted:
+    """submit_answer, then claim_next in the same project, in one transaction: what an annotator
+    waits for after clicking, for one commit instead of two. The label stands even when no next
+    item may be handed out (e.g. this answer paused them: gold.require_not_paused); `refused` says
+    why. claim_next refuses before it writes anything, so the session is still good for the label."""
+    label = submit_answer(session=session, user=user, assignment_id=assignment_id, submission_id=submission_id,
+                          now=now, **answer)
+    project_id = session.get(Item, label.item_id).project_id  # loaded with the assignment: no query
+    try:
+        claim = claim_next(session=session, user=user, project=project_id, now=now, rng=rng)
+    except UserError as exc:
+        return Submitted(label=label, next=None, refused=str(exc))
+    return Submitted(label=label, next=claim)
 
 
 def skip(*, session: Session, user: User, assignment_id: int, now: datetime | None = None) -> None:

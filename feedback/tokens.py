@@ -114,8 +114,18 @@ def authenticate(*, session: Session, token: str | None, now: datetime | None = 
     """The active user `token` acts as; AuthenticationFailed (with the reason) otherwise.
 
     With `note_use`, notes the token's use (last_used_at) at most once a minute, in the caller's
-    session, which must then be a write session; without, `use_is_stale` says whether a caller
+    session, which must then be a write session; without, `authenticate_use` says whether a caller
     should note it (the API reads first, and takes a write transaction only about once a minute)."""
+    now = now or utcnow()
+    user, stale = authenticate_use(session=session, token=token, now=now)
+    if note_use and stale:
+        note_token_use(session=session, token=token, now=now)
+    return user
+
+
+def authenticate_use(*, session: Session, token: str | None, now: datetime | None = None) -> tuple[User, bool]:
+    """What `authenticate` checks, in one query, noting nothing: the user, and whether the token's
+    use should be noted (its last_used_at is over a minute old)."""
     if not token:
         raise AuthenticationFailed("No API token: send the header 'Authorization: Bearer <token>' "
                                    "(make one with `python -m feedback tokens create --user NAME`).")
@@ -134,19 +144,11 @@ def authenticate(*, session: Session, token: str | None, now: datetime | None = 
                                    f"{row.expires_at:%Y-%m-%d %H:%M} UTC.")
     if not user.active:
         raise AuthenticationFailed(f"The account {user.username!r} this token belongs to is deactivated.")
-    if note_use and _stale(row.last_used_at, now):
-        note_token_use(session=session, token=token, now=now)
-    return user
+    return user, _stale(row.last_used_at, now)
 
 
 def _stale(last_used_at: datetime | None, now: datetime) -> bool:
     return last_used_at is None or now - last_used_at >= TOUCH_EVERY
-
-
-def use_is_stale(*, session: Session, token: str, now: datetime | None = None) -> bool:
-    """Whether the token's last use is older than a minute (or never noted)."""
-    last = session.scalar(select(ApiToken.last_used_at).where(ApiToken.token_hash == hash_token(token)))
-    return _stale(last, now or utcnow())
 
 
 def note_token_use(*, session: Session, token: str, now: datetime | None = None) -> None:
