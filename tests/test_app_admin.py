@@ -27,8 +27,8 @@ class RecordingLauncher:
         return "recorded"
 
 
-@pytest.fixture
-def admin_app(use_db, engine, monkeypatch, registered):
+def sign_in_admin(engine, monkeypatch, registered) -> AppTest:
+    """The app, signed in as admin 'root', with job launches recorded in LAUNCHED (not run)."""
     registered(LAUNCHERS, "recording", RecordingLauncher)
     monkeypatch.setenv("JOB_LAUNCHER", "recording")
     LAUNCHED.clear()
@@ -43,6 +43,11 @@ def admin_app(use_db, engine, monkeypatch, registered):
     at.text_input[1].input("admin-password")
     at.button[0].click().run()
     return at
+
+
+@pytest.fixture
+def admin_app(use_db, engine, monkeypatch, registered):
+    return sign_in_admin(engine, monkeypatch, registered)
 
 
 def button(at: AppTest, label: str):

@@ -13,40 +13,12 @@ from streamlit.testing.v1 import AppTest
 
 from db.engine import session_scope
 from db.models import Job, utcnow
-from feedback.actors import CLI
-from feedback.launchers import LAUNCHERS
-from feedback.policies import ensure_base_policy
-from feedback.settings import PROJECT_ROOT
-from feedback.users import create_user
-from judges.constitutions import ensure_shipped
-from testkit.factories import set_queue
-
-LAUNCHED: list[tuple[int, str]] = []
-
-
-class RecordingLauncher:
-    name = "recording"
-
-    def launch(self, *, job_id, kind, database_url, env, log_path):
-        LAUNCHED.append((job_id, kind))
-        return "recorded"
+from tests.test_app_admin import LAUNCHED, sign_in_admin
 
 
 @pytest.fixture
 def admin_app(use_db, engine, monkeypatch, registered):
-    registered(LAUNCHERS, "recording", RecordingLauncher)
-    monkeypatch.setenv("JOB_LAUNCHER", "recording")
-    LAUNCHED.clear()
-    with session_scope(engine) as s:
-        ensure_base_policy(session=s, actor=CLI)
-        ensure_shipped(session=s)
-        create_user(session=s, username="root", role="admin", password="admin-password", actor=CLI)
-        set_queue(s, kind="pair", refill_below=0)  # no refill (a sampling job) on the landing page
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=30).run()
-    at.text_input[0].input("root")
-    at.text_input[1].input("admin-password")
-    at.button[0].click().run()
-    return at.switch_page("pages/training.py").run()
+    return sign_in_admin(engine, monkeypatch, registered).switch_page("pages/training.py").run()
 
 
 def buttons(at: AppTest) -> list[str]:

@@ -7,7 +7,8 @@ from sqlalchemy import func, select
 
 from db.engine import session_scope
 from db.models import Job
-from tests.test_app_loop import LAUNCHED, admin_app  # noqa: F401 - admin_app is a fixture
+from tests.test_app_admin import LAUNCHED
+from tests.test_app_loop import admin_app  # noqa: F401 - a fixture
 
 __all__ = ["admin_app"]
 
